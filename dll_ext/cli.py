@@ -1,0 +1,38 @@
+"""The dll-ext command: `dll-ext info`, `dll-ext bench`."""
+import argparse
+import json
+import sys
+
+
+def _info(args):
+    from dll_ext.info import format_info, info
+
+    data = info()
+    print(json.dumps(data, indent=2) if args.json else format_info(data))
+    return 0
+
+
+def _bench(args):
+    from dll_ext.benchmark.run import run_benchmarks
+
+    return run_benchmarks(device=args.device, quick=args.quick, op=args.op, out_dir=args.out)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="dll-ext", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("info", help="versions, CUDA build, CPU ISA and the backends of each op")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_info)
+    p = sub.add_parser("bench", help="benchmark dll_ext ops against native PyTorch")
+    p.add_argument("--quick", action="store_true", help="fewer cases and repeats")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--op", help="only this op (e.g. conv2d_relu)")
+    p.add_argument("--out", default="bench-results", help="folder for the JSON and PNG results")
+    p.set_defaults(func=_bench)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Functions over the dll_ext ops, in torch.nn.functional's style."""
+from typing import List, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["conv2d_relu"]
+
+
+def _pair(value: Union[int, List[int], Tuple[int, ...]], name: str) -> List[int]:
+    if isinstance(value, int):
+        return [value, value]
+    values = [int(v) for v in value]
+    if len(values) == 1:
+        return values * 2
+    if len(values) != 2:
+        raise ValueError(f"conv2d_relu: {name} must be an int or a pair of ints, but got {value}")
+    return values
+
+
+def _same_padding(input: torch.Tensor, weight: torch.Tensor, dilation: List[int]) -> Tuple[torch.Tensor, List[int]]:
+    """Padding that keeps the spatial size at stride 1, as torch's padding='same'.
+
+    An odd total is split with the extra row/column at the bottom/right, which a symmetric
+    padding cannot express, so that part is padded onto the input explicitly.
+    """
+    padding: List[int] = []
+    extra: List[int] = [0, 0, 0, 0]  # F.pad order: left, right, top, bottom
+    for d in range(2):
+        total = dilation[d] * (weight.shape[2 + d] - 1)
+        padding.append(total // 2)
+        if total % 2:
+            extra[3 - 2 * d] = 1
+    if any(extra):
+        input = F.pad(input, extra)
+    return input, padding
+
+
+def conv2d_relu(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    stride: Union[int, List[int], Tuple[int, int]] = 1,
+    padding: Union[int, List[int], Tuple[int, int], str] = 0,
+    dilation: Union[int, List[int], Tuple[int, int]] = 1,
+    groups: int = 1,
+) -> torch.Tensor:
+    """relu(conv2d(input, weight, bias, stride, padding, dilation, groups)), fused.
+
+    Arguments as F.conv2d, including padding='same' | 'valid' and an unbatched
+    (C, H, W) input. Runs torch.ops.dll_ext.conv2d_relu; differentiable in input, weight and bias.
+    """
+    stride_ = _pair(stride, "stride")
+    dilation_ = _pair(dilation, "dilation")
+    if isinstance(padding, str):
+        if padding == "valid":
+            padding_ = [0, 0]
+        elif padding == "same":
+            if stride_ != [1, 1]:
+                raise ValueError(f"conv2d_relu: padding='same' is not supported for strided convolutions (stride={stride_})")
+            if weight.dim() != 4:
+                raise ValueError(f"conv2d_relu: weight must be a 4-D tensor (C_out, C_in / groups, kH, kW), but got shape {tuple(weight.shape)}")
+            input, padding_ = _same_padding(input, weight, dilation_)
+        else:
+            raise ValueError(f"conv2d_relu: padding must be 'same', 'valid', an int or a pair of ints, but got {padding!r}")
+    else:
+        padding_ = _pair(padding, "padding")
+    if input.dim() == 3:
+        out = torch.ops.dll_ext.conv2d_relu(input.unsqueeze(0), weight, bias, stride_, padding_, dilation_, groups)
+        return out.squeeze(0)
+    return torch.ops.dll_ext.conv2d_relu(input, weight, bias, stride_, padding_, dilation_, groups)

@@ -1,0 +1,42 @@
+"""What this dll_ext build is: versions, CUDA, CPU ISA, and the backends of each op."""
+import torch
+
+from dll_ext._loader import build_config
+from dll_ext.ops import OPS
+
+BACKENDS = ("CPU", "CUDA", "Meta", "Autograd")
+
+
+def _backends(op):
+    name = f"dll_ext::{op}"
+    # Fake kernels registered from Python are Meta kernels to the dispatcher.
+    return [key for key in BACKENDS if torch._C._dispatch_has_kernel_for_dispatch_key(name, key)]
+
+
+def info() -> dict:
+    """A dict describing the build and the running environment."""
+    config = build_config()
+    ops = {}
+    for op, backward in OPS.items():
+        ops[op] = _backends(op)
+        ops[backward] = _backends(backward)
+    return {
+        "dll_ext_torch_built": config.TORCH_VERSION,
+        "torch_running": torch.__version__,
+        "cuda_built": config.WITH_CUDA,
+        "cuda_version_built": config.CUDA_VERSION,
+        "cuda_archs": config.CUDA_ARCHS,
+        "cuda_available": torch.cuda.is_available(),
+        "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "cpu_isa": torch.backends.cpu.get_cpu_capability(),
+        "cpu_threads": torch.get_num_threads(),
+        "sanitized_build": config.SANITIZE,
+        "ops": ops,
+    }
+
+
+def format_info(data: dict) -> str:
+    lines = [f"{key:22} {value}" for key, value in data.items() if key != "ops"]
+    lines.append("ops:")
+    lines += [f"  {op:22} {', '.join(keys)}" for op, keys in data["ops"].items()]
+    return "\n".join(lines)

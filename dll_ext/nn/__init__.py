@@ -1,0 +1,4 @@
+"""Drop-in replacements for torch.nn modules, backed by dll_ext's fused ops."""
+from dll_ext.nn.conv_relu import Conv2dReLU, fuse_conv_relu
+
+__all__ = ["Conv2dReLU", "fuse_conv_relu"]

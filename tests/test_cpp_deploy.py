@@ -1,0 +1,182 @@
+"""The Python-free deployment path: CMakeLists.txt builds libdll_ext_ops.so and dll_infer, and
+dll_infer runs a scripted model of dll_ext layers exactly as Python does.
+
+The CMake project is built once per module into a temporary folder (about a minute on two
+cores), without the CUDA kernels to keep it short.
+"""
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.utils
+
+import dll_ext  # noqa: F401  (registers torch.ops.dll_ext for scripting and the reference run)
+from dll_ext.nn import Conv2dReLU
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD_TIMEOUT_S = 900
+
+
+class ConvNet(nn.Module):
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.conv1 = Conv2dReLU(3, 8, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        self.conv2 = Conv2dReLU(8, 16, 3, padding="same")
+        self.fc = nn.Linear(16 * 8 * 8, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.conv2(self.pool(self.conv1(x))), 1))
+
+
+class TwoInputs(nn.Module):
+    """forward with two tensor arguments, fed from a saved tuple."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = Conv2dReLU(3, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) - self.conv(y)
+
+
+def _run(cmd, timeout, **kwargs):
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def dll_infer(tmp_path_factory):
+    """Path of dll_infer, configured and built from the top-level CMakeLists.txt."""
+    cmake = shutil.which("cmake")
+    assert cmake, "cmake is required for the C++ deployment tests (pip install cmake)"
+    build = tmp_path_factory.mktemp("cmake-build")
+    configure = [
+        cmake, "-S", str(ROOT), "-B", str(build),
+        f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
+        "-DDLL_EXT_CUDA=OFF",
+    ]
+    if shutil.which("ninja"):
+        configure += ["-G", "Ninja"]
+    for step in (configure, [cmake, "--build", str(build), "-j2"]):
+        result = _run(step, BUILD_TIMEOUT_S)
+        assert result.returncode == 0, (
+            f"{' '.join(step)} failed ({result.returncode}):\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}"
+        )
+    exe = build / "dll_infer"
+    assert exe.is_file() and os.access(exe, os.X_OK)
+    assert (build / "libdll_ext_ops.so").is_file()
+    return exe
+
+
+def _infer(exe, *args):
+    return _run([str(exe), *map(str, args)], 120)
+
+
+def _script(module, path):
+    torch.jit.save(torch.jit.script(module.eval()), str(path))
+    return path
+
+
+def test_convnet_matches_python(dll_infer, tmp_path):
+    torch.manual_seed(0)
+    model = _script(ConvNet(), tmp_path / "convnet.pt")
+    x = torch.randn(4, 3, 16, 16)
+    torch.save(x, tmp_path / "x.pt")
+    with torch.inference_mode():
+        expected = torch.jit.load(str(model))(x)
+
+    result = _infer(dll_infer, model, "--input", tmp_path / "x.pt", "--output", tmp_path / "y.pt",
+                    "--device", "cpu")
+
+    assert result.returncode == 0, result.stderr
+    out = torch.load(tmp_path / "y.pt")
+    assert isinstance(out, torch.Tensor) and out.shape == (4, 10)
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_tuple_input_gives_positional_arguments(dll_infer, tmp_path):
+    torch.manual_seed(1)
+    model = _script(TwoInputs(), tmp_path / "two.pt")
+    x, y = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    torch.save((x, y), tmp_path / "xy.pt")
+    with torch.inference_mode():
+        expected = torch.jit.load(str(model))(x, y)
+
+    result = _infer(dll_infer, model, "--input", tmp_path / "xy.pt", "--output", tmp_path / "out.pt")
+
+    assert result.returncode == 0, result.stderr
+    torch.testing.assert_close(torch.load(tmp_path / "out.pt"), expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["model.pt"],
+        ["model.pt", "--input", "x.pt"],
+        ["model.pt", "--input", "x.pt", "--output"],
+        ["model.pt", "--input", "x.pt", "--output", "y.pt", "--device", "tpu"],
+        ["model.pt", "--input", "x.pt", "--output", "y.pt", "--bogus"],
+    ],
+    ids=["nothing", "no-input", "no-output", "missing-value", "bad-device", "unknown-option"],
+)
+def test_bad_usage_exits_2(dll_infer, tmp_path, args):
+    result = _infer(dll_infer, *args)
+    assert result.returncode == 2
+    assert "usage: dll_infer" in result.stderr
+
+
+def test_missing_model_exits_1(dll_infer, tmp_path):
+    torch.save(torch.randn(1, 3, 16, 16), tmp_path / "x.pt")
+    missing = tmp_path / "no-such-model.pt"
+
+    result = _infer(dll_infer, missing, "--input", tmp_path / "x.pt", "--output", tmp_path / "y.pt")
+
+    assert result.returncode == 1
+    assert "loading model" in result.stderr and str(missing) in result.stderr
+    assert "frame #" not in result.stderr  # no C++ stack trace
+    assert not (tmp_path / "y.pt").exists()
+
+
+def test_op_error_exits_1_with_the_ops_message(dll_infer, tmp_path):
+    model = _script(ConvNet(), tmp_path / "convnet.pt")
+    torch.save(torch.randn(2, 5, 16, 16), tmp_path / "x.pt")  # 5 channels, conv1 wants 3
+
+    result = _infer(dll_infer, model, "--input", tmp_path / "x.pt", "--output", tmp_path / "y.pt")
+
+    assert result.returncode == 1
+    assert "conv2d_relu: weight.size(1) must be" in result.stderr
+
+
+def test_input_of_wrong_kind_exits_1(dll_infer, tmp_path):
+    model = _script(ConvNet(), tmp_path / "convnet.pt")
+    torch.save({"x": torch.randn(1, 3, 16, 16)}, tmp_path / "x.pt")
+
+    result = _infer(dll_infer, model, "--input", tmp_path / "x.pt", "--output", tmp_path / "y.pt")
+
+    assert result.returncode == 1
+    assert "tensor or a tuple/list of tensors" in result.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_cuda_device_without_gpu_exits_1(dll_infer, tmp_path):
+    model = _script(ConvNet(), tmp_path / "convnet.pt")
+    torch.save(torch.randn(1, 3, 16, 16), tmp_path / "x.pt")
+
+    result = _infer(dll_infer, model, "--input", tmp_path / "x.pt", "--output", tmp_path / "y.pt",
+                    "--device", "cuda")
+
+    assert result.returncode == 1
+    assert "CUDA is not available" in result.stderr
+
+
+def test_help_exits_0(dll_infer):
+    result = _infer(dll_infer, "--help")
+    assert result.returncode == 0 and result.stdout.startswith("usage: dll_infer")
+

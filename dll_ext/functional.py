@@ -1,4 +1,5 @@
 """Functions over the dll_ext ops, in torch.nn.functional's style."""
+import operator
 from typing import List, Optional, Tuple, Union
 
 import torch
@@ -7,10 +8,21 @@ import torch.nn.functional as F
 __all__ = ["conv2d_relu"]
 
 
+def _int(value, name: str, given) -> int:
+    # Integers only, as F.conv2d: a float or bool would otherwise be truncated silently.
+    if not isinstance(value, bool):
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    raise TypeError(f"conv2d_relu: {name} must be an int or a pair of ints, but got {given!r}")
+
+
 def _pair(value: Union[int, List[int], Tuple[int, ...]], name: str) -> List[int]:
-    if isinstance(value, int):
-        return [value, value]
-    values = [int(v) for v in value]
+    if isinstance(value, (list, tuple)):
+        values = [_int(v, name, value) for v in value]
+    else:
+        return [_int(value, name, value)] * 2
     if len(values) == 1:
         return values * 2
     if len(values) != 2:

@@ -51,6 +51,8 @@ class Conv2dReLU(nn.Conv2d):
             dtype=conv.weight.dtype,
         )
         fused.load_state_dict(conv.state_dict())
+        for name, param in fused.named_parameters():
+            param.requires_grad_(getattr(conv, name).requires_grad)  # a frozen conv stays frozen
         fused.train(conv.training)
         return fused
 
@@ -71,20 +73,31 @@ def _is_relu_module(module: nn.Module) -> bool:
     return type(module) is nn.ReLU
 
 
+def _fused(conv: nn.Conv2d) -> Conv2dReLU:
+    """The Conv2dReLU that replaces conv in a model: it holds conv's own Parameter objects,
+    so weight tying, requires_grad and optimizers built over the model keep working."""
+    fused = Conv2dReLU.from_conv(conv)
+    fused.weight = conv.weight
+    fused.bias = conv.bias
+    return fused
+
+
 def _fuse_sequentials(model: nn.Module) -> int:
     """Fuse (Conv2d, ReLU) neighbours inside every nn.Sequential, in place.
 
     The ReLU's slot becomes nn.Identity so later indices, and so state_dict keys, stay put.
+    Only containers that run nn.Sequential's own forward are rewritten: a subclass with its
+    own forward may use its entries in any other way.
     """
     fused = 0
     for module in model.modules():
-        if not isinstance(module, nn.Sequential):
+        if not isinstance(module, nn.Sequential) or type(module).forward is not nn.Sequential.forward:
             continue
         names = list(module._modules)
         for first, second in zip(names, names[1:]):
             conv, relu = module._modules[first], module._modules[second]
             if type(conv) is nn.Conv2d and _is_relu_module(relu):
-                module._modules[first] = Conv2dReLU.from_conv(conv)
+                module._modules[first] = _fused(conv)
                 module._modules[second] = nn.Identity()
                 fused += 1
     return fused
@@ -109,10 +122,35 @@ class _Tracer(torch.fx.Tracer):
         return isinstance(module, Conv2dReLU) or super().is_leaf_module(module, qualified_name)
 
 
+def _graph_module(model: nn.Module, graph: torch.fx.Graph) -> torch.fx.GraphModule:
+    """A GraphModule running `graph` that keeps model's whole module tree and state.
+
+    GraphModule alone copies only what the graph uses, with plain nn.Module stand-ins for
+    the containers on the way; parameters, buffers and modules that forward does not use
+    would drop out of the state_dict and, say, model.features[0] would stop working.
+    """
+    graph_module = torch.fx.GraphModule(model, graph, model.__class__.__name__)
+    for name, child in model.named_children():
+        setattr(graph_module, name, child)
+    for name, param in model.named_parameters(recurse=False):
+        graph_module.register_parameter(name, param)
+    for name, buffer in model.named_buffers(recurse=False):
+        graph_module.register_buffer(name, buffer, persistent=name not in model._non_persistent_buffers_set)
+    # Tensors that were plain attributes of the model come back as buffers; keep them out of
+    # the state_dict, as they were.
+    for name in graph_module._buffers:
+        if name not in model._buffers:
+            graph_module._non_persistent_buffers_set.add(name)
+    return graph_module
+
+
 def _fuse_graph(model: nn.Module) -> nn.Module:
     """Fuse every nn.Conv2d call whose only user is a ReLU (module, function or method)."""
-    graph = _Tracer().trace(model)
-    graph_module = torch.fx.GraphModule(model, graph, model.__class__.__name__)
+    try:
+        graph = _Tracer().trace(model)
+    except Exception:  # untraceable: data-dependent control flow, len() of a proxy, ...
+        return model
+    graph_module = _graph_module(model, graph)
     modules = dict(graph_module.named_modules())
     calls = {}
     for node in graph_module.graph.nodes:
@@ -130,7 +168,7 @@ def _fuse_graph(model: nn.Module) -> nn.Module:
         relu = users[0]
         parent_name, _, name = node.target.rpartition(".")
         parent = graph_module.get_submodule(parent_name) if parent_name else graph_module
-        setattr(parent, name, Conv2dReLU.from_conv(modules[node.target]))
+        setattr(parent, name, _fused(modules[node.target]))
         relu.replace_all_uses_with(node)
         graph_module.graph.erase_node(relu)
         fused += 1
@@ -152,7 +190,4 @@ def fuse_conv_relu(model: nn.Module, inplace: bool = False) -> nn.Module:
     if not inplace:
         model = copy.deepcopy(model)
     _fuse_sequentials(model)
-    try:
-        return _fuse_graph(model)
-    except (torch.fx.proxy.TraceError, TypeError):  # what tracing raises on data-dependent code
-        return model
+    return _fuse_graph(model)

@@ -32,6 +32,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
     at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
     std::array<bool, 3> output_mask);
 
+// backward from differentiable ATen ops (no backend kernel), for double backward: the
+// Autograd kernel of conv2d_relu_backward takes it when an input requires grad.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_differentiable(
+    const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& input,
+    const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding,
+    at::IntArrayRef dilation, int64_t groups, std::array<bool, 3> output_mask);
+
 // Layout helper for the kernels: (outer, channels, inner) of an NCHW or channels-last tensor.
 struct Layout {
   int64_t outer, channels, inner;

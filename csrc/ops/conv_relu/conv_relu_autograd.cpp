@@ -4,6 +4,8 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
+#include "ops/conv_relu/conv_relu.h"
+
 namespace dll_ext::conv_relu {
 namespace {
 
@@ -64,9 +66,31 @@ at::Tensor conv2d_relu_autograd(const at::Tensor& input, const at::Tensor& weigh
   return Conv2dReLUFunction::apply(input, weight, bias, stride, padding, dilation, groups);
 }
 
+// Autograd kernel of the backward op. Without one, a backward with create_graph=True would
+// run the fused kernel, whose ReLU mask autograd cannot see through, and second derivatives
+// (gradient penalties) would silently miss the terms through grad_output. When any input
+// requires grad the backward is computed from differentiable ATen ops instead; otherwise
+// (every ordinary backward, and torch.compile's) the fused kernel runs.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_relu_backward_autograd(
+    const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& input,
+    const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding,
+    at::IntArrayRef dilation, int64_t groups, std::array<bool, 3> output_mask) {
+  const bool differentiable =
+      at::GradMode::is_enabled() && (grad_out.requires_grad() || out.requires_grad() ||
+                                     input.requires_grad() || weight.requires_grad());
+  if (differentiable) {
+    return backward_differentiable(grad_out, out, input, weight, stride, padding, dilation,
+                                   groups, output_mask);
+  }
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return call_backward(grad_out, out, input, weight, stride, padding, dilation, groups,
+                       output_mask);
+}
+
 }  // namespace
 }  // namespace dll_ext::conv_relu
 
 TORCH_LIBRARY_IMPL(dll_ext, Autograd, m) {
   m.impl("conv2d_relu", &dll_ext::conv_relu::conv2d_relu_autograd);
+  m.impl("conv2d_relu_backward", &dll_ext::conv_relu::conv2d_relu_backward_autograd);
 }

@@ -144,10 +144,18 @@ std::tuple<at::Tensor, at::Tensor> relu_backward_cuda(const at::Tensor& grad_out
 
 constexpr Backend kCuda{bias_relu_cuda_, relu_backward_cuda};
 
+// The CUDA kernels are picked when any argument is on CUDA, so input may be a CPU tensor
+// here: a CUDAGuard on it would fail an internal assert, where the argument checks name
+// the device mismatch.
+c10::cuda::OptionalCUDAGuard device_guard(const at::Tensor& input) {
+  return c10::cuda::OptionalCUDAGuard(input.is_cuda() ? std::make_optional(input.device())
+                                                      : std::nullopt);
+}
+
 at::Tensor conv2d_relu_cuda(const at::Tensor& input, const at::Tensor& weight,
                             const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                             at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  const c10::cuda::CUDAGuard guard(input.device());
+  const auto guard = device_guard(input);
   return forward(kCuda, input, weight, bias, stride, padding, dilation, groups);
 }
 
@@ -155,7 +163,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_relu_backward_cuda(
     const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& input,
     const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding,
     at::IntArrayRef dilation, int64_t groups, std::array<bool, 3> output_mask) {
-  const c10::cuda::CUDAGuard guard(input.device());
+  const auto guard = device_guard(input);
   return backward(kCuda, grad_out, out, input, weight, stride, padding, dilation, groups, output_mask);
 }
 

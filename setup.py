@@ -61,13 +61,15 @@ def _sources():
 
 
 def _extension():
-    cxx = ["-O0", "-g"] if DEBUG else ["-O3"]
+    # at::parallel_for is OpenMP pragmas in ATen's headers: without -fopenmp it runs serially.
+    # The libgomp that torch loads is the one used at run time.
+    cxx = (["-O0", "-g"] if DEBUG else ["-O3"]) + ["-fopenmp"]
     nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
-    ldflags = []
+    ldflags = ["-fopenmp"]
     if SANITIZE:
         san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined"]
-        cxx = ["-O1", "-g"] + san
-        ldflags = san
+        cxx = ["-O1", "-g", "-fopenmp"] + san
+        ldflags += san
     macros = [("DLL_EXT_WITH_CUDA", "1")] if CUDA_HOME else []
     common = dict(
         name="dll_ext._C",

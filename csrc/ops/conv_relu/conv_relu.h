@@ -1,8 +1,9 @@
 // conv2d_relu: relu(conv2d(input, weight) + bias) in one op, with a backward that applies
 // the ReLU mask while reducing the bias gradient.
 //
-// The convolution itself is ATen's (oneDNN on CPU, cuDNN on CUDA), run without bias; each
-// backend supplies the two memory-bound passes around it, which is where the fusion wins.
+// The convolution itself is ATen's (oneDNN on CPU, cuDNN on CUDA); each backend supplies the
+// memory-bound passes around it, which is where the fusion wins. (oneDNN's ReLU post-op,
+// mkldnn::_convolution_pointwise, would save the epilogue pass but turns NaN into 0.)
 #pragma once
 
 #include <ATen/ATen.h>

@@ -1,9 +1,10 @@
-// CPU passes of conv2d_relu: the in-place bias+ReLU epilogue and the masked backward with
-// the bias-gradient reduction in the same sweep.
+// CPU passes of conv2d_relu: the in-place ReLU epilogue and the masked backward with the
+// bias-gradient reduction in the same sweep.
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "ops/conv_relu/conv_relu.h"
@@ -15,29 +16,33 @@ namespace {
 // Elements per parallel task, enough to amortise a task on these cache sizes.
 constexpr int64_t kGrain = 32768;
 
+// One run of values sharing a bias (NCHW plane) or one row of channels (channels-last).
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+DLL_CPU_CLONES void bias_relu_run(scalar_t* values, acc_t bias, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) values[i] = scalar_t(bias_relu(acc_t(values[i]), bias));
+}
+
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+DLL_CPU_CLONES void bias_relu_row(scalar_t* row, const scalar_t* bias, int64_t channels) {
+  for (int64_t c = 0; c < channels; ++c) row[c] = scalar_t(bias_relu(acc_t(row[c]), acc_t(bias[c])));
+}
+
 template <typename scalar_t>
 void bias_relu_kernel(scalar_t* out, const scalar_t* bias, Layout l) {
   using acc_t = at::opmath_type<scalar_t>;
-  if (l.inner > 1) {  // NCHW: one bias value per (n, c) plane
-    const int64_t planes = l.outer * l.channels;
-    at::parallel_for(0, planes, std::max<int64_t>(1, kGrain / l.inner), [&](int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; ++p) {
-        const acc_t b = bias ? acc_t(bias[p % l.channels]) : acc_t(0);
-        scalar_t* row = out + p * l.inner;
-        for (int64_t i = 0; i < l.inner; ++i) row[i] = scalar_t(bias_relu(acc_t(row[i]), b));
-      }
+  if (!bias) {  // a plain ReLU: elementwise, whatever the layout
+    at::parallel_for(0, l.outer * l.channels * l.inner, kGrain, [&](int64_t i0, int64_t i1) {
+      bias_relu_run(out + i0, acc_t(0), i1 - i0);
     });
-    return;
+  } else if (l.inner > 1) {  // NCHW: one bias value per (n, c) plane
+    at::parallel_for(0, l.outer * l.channels, std::max<int64_t>(1, kGrain / l.inner), [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) bias_relu_run(out + p * l.inner, acc_t(bias[p % l.channels]), l.inner);
+    });
+  } else {  // channels-last: the bias broadcast along each row of channels
+    at::parallel_for(0, l.outer, std::max<int64_t>(1, kGrain / l.channels), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) bias_relu_row(out + r * l.channels, bias, l.channels);
+    });
   }
-  // Channels-last: rows of `channels` values, the bias broadcast along each row.
-  at::parallel_for(0, l.outer, std::max<int64_t>(1, kGrain / l.channels), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      scalar_t* row = out + r * l.channels;
-      for (int64_t c = 0; c < l.channels; ++c) {
-        row[c] = scalar_t(bias_relu(acc_t(row[c]), bias ? acc_t(bias[c]) : acc_t(0)));
-      }
-    }
-  });
 }
 
 void bias_relu_cpu_(at::Tensor& out, const std::optional<at::Tensor>& bias) {
@@ -48,59 +53,96 @@ void bias_relu_cpu_(at::Tensor& out, const std::optional<at::Tensor>& bias) {
   });
 }
 
-// grad_in[i] = relu_grad(grad[i], out[i]) for one contiguous run; returns the run's sum.
-template <typename scalar_t, typename acc_t>
-acc_t mask_run(const scalar_t* grad, const scalar_t* out, scalar_t* grad_in, int64_t n) {
+// grad_in = relu_grad(grad, out) over one contiguous run; with kSum, also the run's sum.
+// Sixteen independent partial sums let the compiler vectorise the additions, which a
+// single running sum (an ordered chain of float adds) would forbid.
+template <bool kSum, typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+DLL_CPU_CLONES acc_t mask_run(const scalar_t* grad, const scalar_t* out, scalar_t* grad_in, int64_t n) {
+  constexpr int kLanes = 16;
+  acc_t lanes[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int j = 0; j < kLanes; ++j) {
+      const acc_t g = relu_grad(acc_t(grad[i + j]), acc_t(out[i + j]));
+      grad_in[i + j] = scalar_t(g);
+      if constexpr (kSum) lanes[j] += g;
+    }
+  }
   acc_t sum = 0;
-  for (int64_t i = 0; i < n; ++i) {
+  for (; i < n; ++i) {
     const acc_t g = relu_grad(acc_t(grad[i]), acc_t(out[i]));
     grad_in[i] = scalar_t(g);
-    sum += g;
+    if constexpr (kSum) sum += g;
+  }
+  if constexpr (kSum) {
+    for (int j = 0; j < kLanes; ++j) sum += lanes[j];
   }
   return sum;
+}
+
+// One channels-last row: masks it and adds it into the per-channel sums.
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+DLL_CPU_CLONES void mask_row(const scalar_t* grad, const scalar_t* out, scalar_t* grad_in, acc_t* sums,
+                             int64_t channels) {
+  for (int64_t c = 0; c < channels; ++c) {
+    const acc_t g = relu_grad(acc_t(grad[c]), acc_t(out[c]));
+    grad_in[c] = scalar_t(g);
+    sums[c] += g;
+  }
+}
+
+// The bias gradient is reduced over a fixed number of blocks, each a contiguous range of
+// memory with its own per-channel partial sums (double), added in block order: every
+// thread streams through memory, and the result does not depend on scheduling.
+template <typename scalar_t>
+void masked_bias_sums(const scalar_t* grad, const scalar_t* out, scalar_t* grad_in,
+                      double* bias_sum, Layout l) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t units = l.outer * (l.inner > 1 ? l.channels : 1);  // planes, or rows
+  const int64_t blocks = std::min<int64_t>(units, 4 * at::get_num_threads());
+  std::vector<double> partial(blocks * l.channels, 0.0);
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      double* sums = partial.data() + b * l.channels;
+      const int64_t u0 = units * b / blocks, u1 = units * (b + 1) / blocks;
+      if (l.inner > 1) {  // NCHW: unit p is the plane of channel p % C
+        for (int64_t p = u0; p < u1; ++p) {
+          const int64_t offset = p * l.inner;
+          sums[p % l.channels] += mask_run<true>(grad + offset, out + offset, grad_in + offset, l.inner);
+        }
+        continue;
+      }
+      // Channels-last: rows of C values. Runs of kRows rows add into acc_t sums (the loop
+      // over channels vectorises), then flush into double to bound the rounding error.
+      constexpr int64_t kRows = 256;
+      std::vector<acc_t> run(l.channels);
+      for (int64_t r0 = u0; r0 < u1; r0 += kRows) {
+        std::fill(run.begin(), run.end(), acc_t(0));
+        for (int64_t r = r0; r < std::min(u1, r0 + kRows); ++r) {
+          const int64_t offset = r * l.channels;
+          mask_row(grad + offset, out + offset, grad_in + offset, run.data(), l.channels);
+        }
+        for (int64_t c = 0; c < l.channels; ++c) sums[c] += run[c];
+      }
+    }
+  });
+  std::fill(bias_sum, bias_sum + l.channels, 0.0);
+  for (int64_t b = 0; b < blocks; ++b) {
+    for (int64_t c = 0; c < l.channels; ++c) bias_sum[c] += partial[b * l.channels + c];
+  }
 }
 
 template <typename scalar_t>
 void relu_backward_kernel(const scalar_t* grad, const scalar_t* out, scalar_t* grad_in,
                           double* bias_sum, Layout l) {
-  using acc_t = at::opmath_type<scalar_t>;
-  if (l.inner > 1) {
-    // NCHW: a task owns whole channels, so each channel's sum has a single writer. Each
-    // plane is summed in acc_t (vectorisable), the planes in double.
-    at::parallel_for(0, l.channels, std::max<int64_t>(1, kGrain / (l.inner * l.outer)), [&](int64_t c0, int64_t c1) {
-      for (int64_t c = c0; c < c1; ++c) {
-        double total = 0;
-        for (int64_t n = 0; n < l.outer; ++n) {
-          const int64_t offset = (n * l.channels + c) * l.inner;
-          total += mask_run<scalar_t, acc_t>(grad + offset, out + offset, grad_in + offset, l.inner);
-        }
-        if (bias_sum) bias_sum[c] = total;
-      }
-    });
+  if (bias_sum) {
+    masked_bias_sums(grad, out, grad_in, bias_sum, l);
     return;
   }
-  // Channels-last: a fixed number of row blocks, each with its own per-channel partial
-  // sums, added in block order so the result does not depend on scheduling.
-  const int64_t blocks = std::min<int64_t>(l.outer, 4 * at::get_num_threads());
-  std::vector<double> partial(bias_sum ? blocks * l.channels : 0, 0.0);
-  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t r0 = l.outer * b / blocks, r1 = l.outer * (b + 1) / blocks;
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t offset = r * l.channels;
-        for (int64_t c = 0; c < l.channels; ++c) {
-          const acc_t g = relu_grad(acc_t(grad[offset + c]), acc_t(out[offset + c]));
-          grad_in[offset + c] = scalar_t(g);
-          if (bias_sum) partial[b * l.channels + c] += g;
-        }
-      }
-    }
+  // Without a bias gradient the pass is elementwise: the layout does not matter.
+  at::parallel_for(0, l.outer * l.channels * l.inner, kGrain, [&](int64_t i0, int64_t i1) {
+    mask_run<false>(grad + i0, out + i0, grad_in + i0, i1 - i0);
   });
-  if (!bias_sum) return;
-  for (int64_t c = 0; c < l.channels; ++c) bias_sum[c] = 0;
-  for (int64_t b = 0; b < blocks; ++b) {
-    for (int64_t c = 0; c < l.channels; ++c) bias_sum[c] += partial[b * l.channels + c];
-  }
 }
 
 std::tuple<at::Tensor, at::Tensor> relu_backward_cpu(const at::Tensor& grad_out,

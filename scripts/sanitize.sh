@@ -12,9 +12,11 @@ git -C "$repo" ls-files -z --cached --others --exclude-standard | (cd "$repo" &&
 cd "$work"
 DLL_EXT_SANITIZE=1 python setup.py -q build_ext --inplace
 
-# Python itself is not instrumented, so the ASan runtime must be loaded first; leak checking
+# Python itself is not instrumented, so the ASan runtime must be loaded first, and libstdc++
+# right after it: ASan's __cxa_throw interceptor fails its startup check otherwise once a
+# library that throws C++ exceptions (triton, under torch.compile) is loaded. Leak checking
 # would report CPython's and torch's intentional process-lifetime allocations.
-export LD_PRELOAD="$(gcc -print-file-name=libasan.so)"
+export LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so)"
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 python -c "import dll_ext; assert dll_ext.info()['sanitized_build'], 'not the sanitized build: ' + dll_ext.__file__"

@@ -16,7 +16,7 @@ step() {
   "$@" || { echo "=== FAILED: $*"; status=1; }
 }
 
-step "environment" bash -c 'nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; python -c "import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name())"'
+step "environment" bash -c 'nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; python -c "import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name())"; python -c "import pytest, hypothesis, ninja"'
 export TORCH_CUDA_ARCH_LIST="9.0" DLL_EXT_CUDA=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}"
 step "build (sm_90)" python setup.py -q build_ext --inplace
 step "info" python -m dll_ext.cli info

@@ -131,8 +131,10 @@ std::tuple<at::Tensor, at::Tensor> relu_backward_cuda(const at::Tensor& grad_out
           grad_in.data_ptr<scalar_t>(), sums, l.outer, l.channels, l.inner);
     } else {
       const int64_t tiles = (l.channels + 31) / 32;
+      TORCH_CHECK(tiles <= 65535, "conv2d_relu_backward: channels-last output with ", l.channels,
+                  " channels exceeds the CUDA kernel's limit of ", 65535 * 32);
       const int64_t row_blocks = std::min<int64_t>((l.outer + 7) / 8, std::max<int64_t>(1, 8 * sms / tiles));
-      const dim3 grid(row_blocks, std::min<int64_t>(tiles, 65535));
+      const dim3 grid(row_blocks, tiles);
       relu_backward_rows_kernel<scalar_t><<<grid, dim3(32, 8), 0, stream>>>(
           grad_out.const_data_ptr<scalar_t>(), out.const_data_ptr<scalar_t>(),
           grad_in.data_ptr<scalar_t>(), sums, l.outer, l.channels);

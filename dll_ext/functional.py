@@ -5,7 +5,7 @@ from typing import List, Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-__all__ = ["conv2d_relu"]
+__all__ = ["conv2d_relu", "lstm_cell"]
 
 
 def _int(value, name: str, given) -> int:
@@ -81,3 +81,27 @@ def conv2d_relu(
         out = torch.ops.dll_ext.conv2d_relu(input.unsqueeze(0), weight, bias, stride_, padding_, dilation_, groups)
         return out.squeeze(0)
     return torch.ops.dll_ext.conv2d_relu(input, weight, bias, stride_, padding_, dilation_, groups)
+
+
+def lstm_cell(
+    input: torch.Tensor,
+    hx: Tuple[torch.Tensor, torch.Tensor],
+    weight_ih: torch.Tensor,
+    weight_hh: torch.Tensor,
+    bias_ih: Optional[torch.Tensor] = None,
+    bias_hh: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One LSTM step, fused: returns (h, c) as nn.LSTMCell does with these parameters.
+
+    input is (B, input_size) or unbatched (input_size,); hx = (h, c), each (B, hidden_size)
+    or (hidden_size,). Gate order i, f, g, o as torch.nn. Runs torch.ops.dll_ext.lstm_cell;
+    differentiable in every tensor argument.
+    """
+    h, c = hx
+    if input.dim() == 1:
+        hy, cy = torch.ops.dll_ext.lstm_cell(
+            input.unsqueeze(0), h.unsqueeze(0), c.unsqueeze(0), weight_ih, weight_hh, bias_ih, bias_hh
+        )
+        return hy.squeeze(0), cy.squeeze(0)
+    hy, cy = torch.ops.dll_ext.lstm_cell(input, h, c, weight_ih, weight_hh, bias_ih, bias_hh)
+    return hy, cy

@@ -17,9 +17,9 @@ def info() -> dict:
     """A dict describing the build and the running environment."""
     config = build_config()
     ops = {}
-    for op, backward in OPS.items():
-        ops[op] = _backends(op)
-        ops[backward] = _backends(backward)
+    for op, internal in OPS.items():
+        for name in [op, *internal]:
+            ops[name] = _backends(name)
     return {
         "dll_ext_torch_built": config.TORCH_VERSION,
         "torch_running": torch.__version__,

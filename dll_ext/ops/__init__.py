@@ -4,9 +4,12 @@ Importing this registers, for every op, the shape-and-layout function that torch
 torch.export and opcheck run on fake tensors. C++ (csrc/library.cpp) names this module, so
 torch imports it by itself when an op is met without it.
 """
-from dll_ext.ops import conv_relu
+from dll_ext.ops import conv_relu, lstm
 
-# Each public op of torch.ops.dll_ext, with its backward op.
-OPS = {"conv2d_relu": "conv2d_relu_backward"}
+# Each public op of torch.ops.dll_ext, with its internal ops (forward with saved state, backward).
+OPS = {
+    "conv2d_relu": ["conv2d_relu_backward"],
+    "lstm_cell": ["_lstm_cell_forward", "lstm_cell_backward"],
+}
 
-__all__ = ["OPS", "conv_relu"]
+__all__ = ["OPS", "conv_relu", "lstm"]

@@ -3,21 +3,18 @@
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/Atomic.cuh>
 #include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "common/cuda_launch.cuh"
 #include "ops/conv_relu/conv_relu.h"
 #include "ops/conv_relu/conv_relu_math.h"
 
 namespace dll_ext::conv_relu {
 namespace {
 
-constexpr int kThreads = 256;
-
-int64_t grid_for(int64_t n) {
-  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  return std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, sms * 8));
-}
+using dll_ext::cuda::device_guard;
+using dll_ext::cuda::grid_for;
+using dll_ext::cuda::kThreads;
 
 template <typename scalar_t>
 __global__ void bias_relu_kernel(scalar_t* __restrict__ out, const scalar_t* __restrict__ bias,
@@ -145,14 +142,6 @@ std::tuple<at::Tensor, at::Tensor> relu_backward_cuda(const at::Tensor& grad_out
 }
 
 constexpr Backend kCuda{bias_relu_cuda_, relu_backward_cuda};
-
-// The CUDA kernels are picked when any argument is on CUDA, so input may be a CPU tensor
-// here: a CUDAGuard on it would fail an internal assert, where the argument checks name
-// the device mismatch.
-c10::cuda::OptionalCUDAGuard device_guard(const at::Tensor& input) {
-  return c10::cuda::OptionalCUDAGuard(input.is_cuda() ? std::make_optional(input.device())
-                                                      : std::nullopt);
-}
 
 at::Tensor conv2d_relu_cuda(const at::Tensor& input, const at::Tensor& weight,
                             const std::optional<at::Tensor>& bias, at::IntArrayRef stride,

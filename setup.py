@@ -63,12 +63,14 @@ def _sources():
 def _extension():
     # at::parallel_for is OpenMP pragmas in ATen's headers: without -fopenmp it runs serially.
     # The libgomp that torch loads is the one used at run time.
-    cxx = (["-O0", "-g"] if DEBUG else ["-O3"]) + ["-fopenmp"]
+    # -fno-trapping-math: the kernels never read floating-point exception flags, and without
+    # it GCC will not turn the branch-free selects of the element math into vector code.
+    cxx = (["-O0", "-g"] if DEBUG else ["-O3"]) + ["-fopenmp", "-fno-trapping-math"]
     nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
     ldflags = ["-fopenmp"]
     if SANITIZE:
         san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined"]
-        cxx = ["-O1", "-g", "-fopenmp"] + san
+        cxx = ["-O1", "-g", "-fopenmp", "-fno-trapping-math"] + san
         ldflags += san
     macros = [("DLL_EXT_WITH_CUDA", "1")] if CUDA_HOME else []
     common = dict(

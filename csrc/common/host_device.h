@@ -5,7 +5,8 @@
 #if defined(__CUDACC__)
 #define DLL_HOST_DEVICE __host__ __device__ __forceinline__
 #else
-#define DLL_HOST_DEVICE inline
+// Always inlined: the CPU loops that call these are vectorised only when no call remains.
+#define DLL_HOST_DEVICE inline __attribute__((always_inline))
 #endif
 
 // CPU loops marked DLL_CPU_CLONES are compiled once per x86 ISA level and picked at load time

@@ -15,6 +15,7 @@ from dll_ext.benchmark.harness import Case, Settings, format_table, run_cases, w
 # op name -> module defining cases(device, quick)
 OPS: Dict[str, str] = {
     "conv2d_relu": "dll_ext.benchmark.conv_relu",
+    "lstm_cell": "dll_ext.benchmark.lstm",
 }
 
 

@@ -77,8 +77,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const int64_t batch = input.size(0), hidden = w_hh.size(1);
   check_shape(workspace, {batch, 4 * hidden}, "workspace", "(batch, 4 * hidden_size)");
   check_shape(cy, {batch, hidden}, "cy", "(batch, hidden_size)");
-  for (const auto* grad : {grad_hy ? &*grad_hy : nullptr, grad_cy ? &*grad_cy : nullptr}) {
-    if (grad) check_shape(*grad, {batch, hidden}, "grad of hy/cy", "(batch, hidden_size)");
+  const std::pair<const at::Tensor*, const char*> saved[] = {
+      {grad_hy ? &*grad_hy : nullptr, "grad_hy"}, {grad_cy ? &*grad_cy : nullptr, "grad_cy"},
+      {&workspace, "workspace"}, {&cy, "cy"}};
+  for (const auto& [t, name] : saved) {
+    if (!t || !t->defined()) continue;
+    const std::string label = std::string("lstm_cell_backward: ") + name;
+    if (t != &workspace) check_shape(*t, {batch, hidden}, name, "(batch, hidden_size)");
+    check_same_device(*t, input, label.c_str(), "input");
+    check_same_dtype(*t, input, label.c_str(), "input");
   }
   const auto contiguous_or_undefined = [](const std::optional<at::Tensor>& t) {
     return t.has_value() && t->defined() ? t->contiguous() : at::Tensor();

@@ -12,9 +12,9 @@
 namespace dll_ext::lstm {
 
 struct Backend {
-  // From the pre-activations without biases: h, c and the activated gates, all written.
-  void (*step_forward)(const at::Tensor& pre, const std::optional<at::Tensor>& b_ih,
-                       const std::optional<at::Tensor>& b_hh, const at::Tensor& c_prev,
+  // From the pre-activations without biases and the bias row (b_ih + b_hh, in the
+  // accumulation type): h, c and the activated gates, all written.
+  void (*step_forward)(const at::Tensor& pre, const at::Tensor& bias, const at::Tensor& c_prev,
                        at::Tensor& h, at::Tensor& c, at::Tensor& gates);
   // Gradients of the pre-activations and of c_prev from those reaching h and c (either may
   // be undefined: zero); tanh(c) is recomputed from c.

@@ -1,4 +1,5 @@
 // Schemas, argument checks and the backend-independent composition of lstm_cell.
+#include <ATen/OpMathType.h>
 #include <torch/library.h>
 
 #include "common/checks.h"
@@ -64,7 +65,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cell_forward(
   at::Tensor hy = at::empty({input.size(0), hidden}, input.options());
   at::Tensor cy = at::empty_like(hy);
   at::Tensor gates = at::empty_like(pre);
-  backend.step_forward(pre, b_ih, b_hh, cx.contiguous(), hy, cy, gates);
+  // One bias row in the accumulation type: the step loads it unconditionally, and
+  // low-precision biases are added without an extra rounding.
+  const auto acc = pre.options().dtype(at::toOpMathType(pre.scalar_type()));
+  const at::Tensor bias = b_ih ? (b_ih->to(acc) + b_hh->to(acc)) : at::zeros({4 * hidden}, acc);
+  backend.step_forward(pre, bias, cx.contiguous(), hy, cy, gates);
   return {hy, cy, gates};
 }
 

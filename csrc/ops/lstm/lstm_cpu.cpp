@@ -23,19 +23,7 @@ DLL_CPU_CLONES void step_forward_row(const scalar_t* __restrict__ pre,
                                      const at::opmath_type<scalar_t>* __restrict__ bias,
                                      const scalar_t* __restrict__ c_prev, scalar_t* __restrict__ h,
                                      scalar_t* __restrict__ c, scalar_t* __restrict__ gates, int64_t hidden) {
-  using acc_t = at::opmath_type<scalar_t>;
-  for (int64_t j = 0; j < hidden; ++j) {
-    const CellState<acc_t> s = cell_forward(
-        acc_t(pre[j]) + bias[j], acc_t(pre[hidden + j]) + bias[hidden + j],
-        acc_t(pre[2 * hidden + j]) + bias[2 * hidden + j], acc_t(pre[3 * hidden + j]) + bias[3 * hidden + j],
-        acc_t(c_prev[j]));
-    gates[j] = scalar_t(s.i);
-    gates[hidden + j] = scalar_t(s.f);
-    gates[2 * hidden + j] = scalar_t(s.g);
-    gates[3 * hidden + j] = scalar_t(s.o);
-    c[j] = scalar_t(s.c);
-    h[j] = scalar_t(s.h);
-  }
+  for (int64_t j = 0; j < hidden; ++j) step_forward_unit(pre, bias, c_prev, h, c, gates, j, hidden);
 }
 
 template <typename scalar_t>
@@ -43,17 +31,9 @@ DLL_CPU_CLONES void step_backward_row(const scalar_t* __restrict__ grad_h, const
                                       const scalar_t* __restrict__ gates, const scalar_t* __restrict__ c_prev,
                                       const scalar_t* __restrict__ c, scalar_t* __restrict__ grad_pre,
                                       scalar_t* __restrict__ grad_c_prev, int64_t hidden) {
-  using acc_t = at::opmath_type<scalar_t>;
   for (int64_t j = 0; j < hidden; ++j) {
-    const CellGrads<acc_t> d = cell_backward(
-        acc_t(grad_h[j]), acc_t(grad_c[j]), acc_t(gates[j]), acc_t(gates[hidden + j]),
-        acc_t(gates[2 * hidden + j]), acc_t(gates[3 * hidden + j]), acc_t(c_prev[j]),
-        tanh_(acc_t(c[j])));
-    grad_pre[j] = scalar_t(d.pre_i);
-    grad_pre[hidden + j] = scalar_t(d.pre_f);
-    grad_pre[2 * hidden + j] = scalar_t(d.pre_g);
-    grad_pre[3 * hidden + j] = scalar_t(d.pre_o);
-    grad_c_prev[j] = scalar_t(d.c_prev);
+    step_backward_unit<scalar_t, at::opmath_type<scalar_t>>(grad_h, grad_c, gates, c_prev, c, grad_pre,
+                                                            grad_c_prev, j, hidden);
   }
 }
 
@@ -81,13 +61,8 @@ void step_backward_kernel(const scalar_t* grad_h, const scalar_t* grad_c, const 
   });
 }
 
-void step_forward_cpu(const at::Tensor& pre, const std::optional<at::Tensor>& b_ih,
-                      const std::optional<at::Tensor>& b_hh, const at::Tensor& c_prev,
+void step_forward_cpu(const at::Tensor& pre, const at::Tensor& bias, const at::Tensor& c_prev,
                       at::Tensor& h, at::Tensor& c, at::Tensor& gates) {
-  // One bias row in the accumulation type, so the step loop has a single unconditional load
-  // for it and low-precision biases are added without an extra rounding.
-  const auto acc = pre.options().dtype(at::toOpMathType(pre.scalar_type()));
-  const at::Tensor bias = b_ih ? (b_ih->to(acc) + b_hh->to(acc)).contiguous() : at::zeros({pre.size(1)}, acc);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, pre.scalar_type(), "lstm_step_forward_cpu", [&] {
     step_forward_kernel<scalar_t>(pre.const_data_ptr<scalar_t>(), bias.const_data_ptr<at::opmath_type<scalar_t>>(),
                                   c_prev.const_data_ptr<scalar_t>(), h.data_ptr<scalar_t>(),

@@ -16,34 +16,16 @@ using dll_ext::cuda::grid_for;
 using dll_ext::cuda::kThreads;
 
 template <typename scalar_t>
-__device__ at::opmath_type<scalar_t> bias_at(const scalar_t* bias, int64_t k) {
-  return bias ? at::opmath_type<scalar_t>(bias[k]) : at::opmath_type<scalar_t>(0);
-}
-
-template <typename scalar_t>
-__global__ void step_forward_kernel(const scalar_t* __restrict__ pre, const scalar_t* __restrict__ b_ih,
-                                    const scalar_t* __restrict__ b_hh, const scalar_t* __restrict__ c_prev,
-                                    scalar_t* __restrict__ h, scalar_t* __restrict__ c,
-                                    scalar_t* __restrict__ gates, int64_t units, int64_t hidden) {
-  using acc_t = at::opmath_type<scalar_t>;
+__global__ void step_forward_kernel(const scalar_t* __restrict__ pre,
+                                    const at::opmath_type<scalar_t>* __restrict__ bias,
+                                    const scalar_t* __restrict__ c_prev, scalar_t* __restrict__ h,
+                                    scalar_t* __restrict__ c, scalar_t* __restrict__ gates,
+                                    int64_t units, int64_t hidden) {
   for (int64_t u = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; u < units;
        u += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t row = u / hidden, j = u % hidden;
-    const scalar_t* p = pre + row * 4 * hidden;
-    acc_t x[4];
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      const int64_t col = k * hidden + j;
-      x[k] = acc_t(p[col]) + bias_at(b_ih, col) + bias_at(b_hh, col);
-    }
-    const CellState<acc_t> s = cell_forward(x[0], x[1], x[2], x[3], acc_t(c_prev[u]));
-    scalar_t* gate_row = gates + row * 4 * hidden;
-    gate_row[j] = scalar_t(s.i);
-    gate_row[hidden + j] = scalar_t(s.f);
-    gate_row[2 * hidden + j] = scalar_t(s.g);
-    gate_row[3 * hidden + j] = scalar_t(s.o);
-    c[u] = scalar_t(s.c);
-    h[u] = scalar_t(s.h);
+    const int64_t row = u / hidden;
+    step_forward_unit(pre + row * 4 * hidden, bias, c_prev + row * hidden, h + row * hidden,
+                      c + row * hidden, gates + row * 4 * hidden, u % hidden, hidden);
   }
 }
 
@@ -52,40 +34,23 @@ __global__ void step_backward_kernel(const scalar_t* __restrict__ grad_h, const 
                                      const scalar_t* __restrict__ gates, const scalar_t* __restrict__ c_prev,
                                      const scalar_t* __restrict__ c, scalar_t* __restrict__ grad_pre,
                                      scalar_t* __restrict__ grad_c_prev, int64_t units, int64_t hidden) {
-  using acc_t = at::opmath_type<scalar_t>;
   for (int64_t u = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; u < units;
        u += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t row = u / hidden, j = u % hidden;
-    const scalar_t* g = gates + row * 4 * hidden;
-    const CellGrads<acc_t> d = cell_backward(
-        grad_h ? acc_t(grad_h[u]) : acc_t(0), grad_c ? acc_t(grad_c[u]) : acc_t(0), acc_t(g[j]),
-        acc_t(g[hidden + j]), acc_t(g[2 * hidden + j]), acc_t(g[3 * hidden + j]), acc_t(c_prev[u]),
-        tanh_(acc_t(c[u])));
-    scalar_t* dp = grad_pre + row * 4 * hidden;
-    dp[j] = scalar_t(d.pre_i);
-    dp[hidden + j] = scalar_t(d.pre_f);
-    dp[2 * hidden + j] = scalar_t(d.pre_g);
-    dp[3 * hidden + j] = scalar_t(d.pre_o);
-    grad_c_prev[u] = scalar_t(d.c_prev);
+    const int64_t row = u / hidden, offset = row * hidden;
+    step_backward_unit<scalar_t, at::opmath_type<scalar_t>>(
+        grad_h + offset, grad_c + offset, gates + 4 * offset, c_prev + offset, c + offset,
+        grad_pre + 4 * offset, grad_c_prev + offset, u % hidden, hidden);
   }
 }
 
-template <typename scalar_t>
-const scalar_t* ptr_or_null(const std::optional<at::Tensor>& t) {
-  return t.has_value() ? t->const_data_ptr<scalar_t>() : nullptr;
-}
-
-void step_forward_cuda(const at::Tensor& pre, const std::optional<at::Tensor>& b_ih,
-                       const std::optional<at::Tensor>& b_hh, const at::Tensor& c_prev,
+void step_forward_cuda(const at::Tensor& pre, const at::Tensor& bias, const at::Tensor& c_prev,
                        at::Tensor& h, at::Tensor& c, at::Tensor& gates) {
   const int64_t units = h.numel();
   if (units == 0) return;
-  const std::optional<at::Tensor> bi = b_ih ? std::optional(b_ih->contiguous()) : std::nullopt;
-  const std::optional<at::Tensor> bh = b_hh ? std::optional(b_hh->contiguous()) : std::nullopt;
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pre.scalar_type(), "lstm_step_forward_cuda", [&] {
     step_forward_kernel<scalar_t><<<grid_for(units), kThreads, 0, stream>>>(
-        pre.const_data_ptr<scalar_t>(), ptr_or_null<scalar_t>(bi), ptr_or_null<scalar_t>(bh),
+        pre.const_data_ptr<scalar_t>(), bias.const_data_ptr<at::opmath_type<scalar_t>>(),
         c_prev.const_data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), c.data_ptr<scalar_t>(),
         gates.data_ptr<scalar_t>(), units, h.size(1));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -97,13 +62,14 @@ void step_backward_cuda(const at::Tensor& grad_h, const at::Tensor& grad_c, cons
                         at::Tensor& grad_c_prev) {
   const int64_t units = c.numel();
   if (units == 0) return;
+  // An undefined gradient is zero; materialised so the kernel loads unconditionally.
+  const at::Tensor dh = grad_h.defined() ? grad_h : at::zeros_like(c);
+  const at::Tensor dc = grad_c.defined() ? grad_c : at::zeros_like(c);
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gates.scalar_type(), "lstm_step_backward_cuda", [&] {
     step_backward_kernel<scalar_t><<<grid_for(units), kThreads, 0, stream>>>(
-        grad_h.defined() ? grad_h.const_data_ptr<scalar_t>() : nullptr,
-        grad_c.defined() ? grad_c.const_data_ptr<scalar_t>() : nullptr,
-        gates.const_data_ptr<scalar_t>(), c_prev.const_data_ptr<scalar_t>(),
-        c.const_data_ptr<scalar_t>(), grad_pre.data_ptr<scalar_t>(),
+        dh.const_data_ptr<scalar_t>(), dc.const_data_ptr<scalar_t>(), gates.const_data_ptr<scalar_t>(),
+        c_prev.const_data_ptr<scalar_t>(), c.const_data_ptr<scalar_t>(), grad_pre.data_ptr<scalar_t>(),
         grad_c_prev.data_ptr<scalar_t>(), units, c.size(1));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

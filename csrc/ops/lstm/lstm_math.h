@@ -123,4 +123,41 @@ DLL_HOST_DEVICE CellGrads<T> cell_backward(T dh, T dc, T i, T f, T g, T o, T c_p
   return d;
 }
 
+// The fused step for hidden unit j of one batch row, over the row's buffers: pre (4H
+// pre-activations without biases), bias (4H, b_ih + b_hh in acc_t), gates (4H, written), and
+// c_prev, c, h (H). What both backends' kernels run for every unit.
+template <typename scalar_t, typename acc_t>
+DLL_HOST_DEVICE void step_forward_unit(const scalar_t* pre, const acc_t* bias, const scalar_t* c_prev,
+                                       scalar_t* h, scalar_t* c, scalar_t* gates, int64_t j,
+                                       int64_t hidden) {
+  const CellState<acc_t> s = cell_forward(
+      acc_t(pre[j]) + bias[j], acc_t(pre[hidden + j]) + bias[hidden + j],
+      acc_t(pre[2 * hidden + j]) + bias[2 * hidden + j],
+      acc_t(pre[3 * hidden + j]) + bias[3 * hidden + j], acc_t(c_prev[j]));
+  gates[j] = scalar_t(s.i);
+  gates[hidden + j] = scalar_t(s.f);
+  gates[2 * hidden + j] = scalar_t(s.g);
+  gates[3 * hidden + j] = scalar_t(s.o);
+  c[j] = scalar_t(s.c);
+  h[j] = scalar_t(s.h);
+}
+
+// Its backward: grad_pre (4H) and grad_c_prev from grad_h and grad_c, with tanh(c)
+// recomputed from c.
+template <typename scalar_t, typename acc_t>
+DLL_HOST_DEVICE void step_backward_unit(const scalar_t* grad_h, const scalar_t* grad_c,
+                                        const scalar_t* gates, const scalar_t* c_prev,
+                                        const scalar_t* c, scalar_t* grad_pre,
+                                        scalar_t* grad_c_prev, int64_t j, int64_t hidden) {
+  const CellGrads<acc_t> d = cell_backward(
+      acc_t(grad_h[j]), acc_t(grad_c[j]), acc_t(gates[j]), acc_t(gates[hidden + j]),
+      acc_t(gates[2 * hidden + j]), acc_t(gates[3 * hidden + j]), acc_t(c_prev[j]),
+      tanh_(acc_t(c[j])));
+  grad_pre[j] = scalar_t(d.pre_i);
+  grad_pre[hidden + j] = scalar_t(d.pre_f);
+  grad_pre[2 * hidden + j] = scalar_t(d.pre_g);
+  grad_pre[3 * hidden + j] = scalar_t(d.pre_o);
+  grad_c_prev[j] = scalar_t(d.c_prev);
+}
+
 }  // namespace dll_ext::lstm

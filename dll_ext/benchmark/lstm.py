@@ -28,9 +28,11 @@ class LoopShape:
         return f"T{self.steps} B{self.batch} D{self.input_size} H{self.hidden}"
 
     def flops(self) -> float:
-        # Forward: two GEMMs per step; backward: four (input/hidden and two weight gradients).
-        per_step = 2.0 * self.batch * 4 * self.hidden * (self.input_size + self.hidden)
-        return 3 * per_step * self.steps
+        # Per step, the GEMMs both sides run: forward x W_ih^T and h W_hh^T; backward the
+        # gradient of h and the two weight gradients (the inputs x need no gradient here).
+        gemm = 2.0 * self.batch * 4 * self.hidden
+        per_step = gemm * (self.input_size + self.hidden) * 2 + gemm * self.hidden
+        return per_step * self.steps
 
 
 SHAPES = [LoopShape(64, 32, 256, 256, target=2.0), LoopShape(64, 32, 512, 512), LoopShape(64, 32, 1024, 1024)]

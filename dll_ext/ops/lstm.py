@@ -24,13 +24,17 @@ def _lstm_cell_forward_fake(input, hx, cx, w_ih, w_hh, b_ih, b_hh):
 
 
 @torch.library.register_fake("dll_ext::lstm_cell_backward")
-def _lstm_cell_backward_fake(grad_hy, grad_cy, workspace, input, hx, cx, cy, w_ih, w_hh, has_bias):
+def _lstm_cell_backward_fake(grad_hy, grad_cy, workspace, input, hx, cx, cy, w_ih, w_hh, has_bias,
+                             output_mask=(True, True, True, True)):
+    def grad_if(wanted, like):
+        return like.new_empty(like.shape) if wanted else None
+
     grad_bias = w_hh.new_empty((w_hh.shape[0],)) if has_bias else None
     return (
-        input.new_empty(input.shape),
-        hx.new_empty(hx.shape),
+        grad_if(output_mask[0], input),
+        grad_if(output_mask[1], hx),
         cx.new_empty(cx.shape),
-        w_ih.new_empty(w_ih.shape),
-        w_hh.new_empty(w_hh.shape),
+        grad_if(output_mask[2], w_ih),
+        grad_if(output_mask[3], w_hh),
         grad_bias,
     )

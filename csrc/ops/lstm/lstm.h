@@ -6,6 +6,7 @@
 
 #include <ATen/ATen.h>
 
+#include <array>
 #include <optional>
 #include <tuple>
 
@@ -32,6 +33,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const Backend& backend, const std::optional<at::Tensor>& grad_hy,
     const std::optional<at::Tensor>& grad_cy, const at::Tensor& workspace, const at::Tensor& input,
     const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& cy, const at::Tensor& w_ih,
-    const at::Tensor& w_hh, bool has_bias);
+    const at::Tensor& w_hh, bool has_bias, std::array<bool, 4> output_mask);
 
 }  // namespace dll_ext::lstm

@@ -77,7 +77,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const Backend& backend, const std::optional<at::Tensor>& grad_hy,
     const std::optional<at::Tensor>& grad_cy, const at::Tensor& workspace, const at::Tensor& input,
     const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& cy, const at::Tensor& w_ih,
-    const at::Tensor& w_hh, bool has_bias) {
+    const at::Tensor& w_hh, bool has_bias, std::array<bool, 4> output_mask) {
   check_args(input, hx, cx, w_ih, w_hh, std::nullopt, std::nullopt);
   const int64_t batch = input.size(0), hidden = w_hh.size(1);
   check_shape(workspace, {batch, 4 * hidden}, "workspace", "(batch, 4 * hidden_size)");
@@ -99,9 +99,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor grad_cx = at::empty_like(cy);
   backend.step_backward(contiguous_or_undefined(grad_hy), contiguous_or_undefined(grad_cy),
                         workspace.contiguous(), cx.contiguous(), cy.contiguous(), grad_pre, grad_cx);
-  // The weight gradients are single GEMMs over the batch.
-  return {at::mm(grad_pre, w_ih),     at::mm(grad_pre, w_hh),   grad_cx,
-          at::mm(grad_pre.t(), input), at::mm(grad_pre.t(), hx),
+  // Only the GEMMs whose gradient is wanted (output_mask: input, hx, w_ih, w_hh): a loop
+  // over a sequence's inputs, say, needs no input gradient. The weight gradients are single
+  // GEMMs over the batch.
+  const auto gemm_if = [](bool wanted, const at::Tensor& a, const at::Tensor& b) {
+    return wanted ? at::mm(a, b) : at::Tensor();
+  };
+  return {gemm_if(output_mask[0], grad_pre, w_ih),      gemm_if(output_mask[1], grad_pre, w_hh),
+          grad_cx,
+          gemm_if(output_mask[2], grad_pre.t(), input), gemm_if(output_mask[3], grad_pre.t(), hx),
           has_bias ? grad_pre.sum(0) : at::Tensor()};
 }
 
@@ -116,6 +122,7 @@ TORCH_LIBRARY_FRAGMENT(dll_ext, m) {
       "Tensor? b_ih, Tensor? b_hh) -> (Tensor, Tensor, Tensor)");
   m.def(
       "lstm_cell_backward(Tensor? grad_hy, Tensor? grad_cy, Tensor workspace, Tensor input, "
-      "Tensor hx, Tensor cx, Tensor cy, Tensor w_ih, Tensor w_hh, bool has_bias) "
+      "Tensor hx, Tensor cx, Tensor cy, Tensor w_ih, Tensor w_hh, bool has_bias, "
+      "bool[4] output_mask=[True, True, True, True]) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }

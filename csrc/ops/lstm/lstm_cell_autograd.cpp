@@ -29,11 +29,11 @@ using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Ten
 Grads call_backward(const OptTensor& grad_hy, const OptTensor& grad_cy, const at::Tensor& workspace,
                     const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx,
                     const at::Tensor& cy, const at::Tensor& w_ih, const at::Tensor& w_hh,
-                    bool has_bias) {
+                    bool has_bias, std::array<bool, 4> output_mask) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("dll_ext::lstm_cell_backward", "")
                        .typed<decltype(call_backward)>();
-  return op.call(grad_hy, grad_cy, workspace, input, hx, cx, cy, w_ih, w_hh, has_bias);
+  return op.call(grad_hy, grad_cy, workspace, input, hx, cx, cy, w_ih, w_hh, has_bias, output_mask);
 }
 
 class LSTMCellFunction : public torch::autograd::Function<LSTMCellFunction> {
@@ -56,7 +56,9 @@ class LSTMCellFunction : public torch::autograd::Function<LSTMCellFunction> {
     const bool has_bias = ctx->saved_data["has_bias"].toBool();
     const auto optional = [](const at::Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; };
     auto [grad_input, grad_hx, grad_cx, grad_w_ih, grad_w_hh, grad_bias] = call_backward(
-        optional(grads[0]), optional(grads[1]), s[0], s[1], s[2], s[3], s[4], s[5], s[6], has_bias);
+        optional(grads[0]), optional(grads[1]), s[0], s[1], s[2], s[3], s[4], s[5], s[6], has_bias,
+        {ctx->needs_input_grad(0), ctx->needs_input_grad(1), ctx->needs_input_grad(3),
+         ctx->needs_input_grad(4)});
     // Both biases get the same gradient; each its own tensor, as autograd may accumulate
     // into one in place.
     at::Tensor grad_b_hh = has_bias && ctx->needs_input_grad(6) ? grad_bias.clone() : at::Tensor();
@@ -77,7 +79,8 @@ std::tuple<at::Tensor, at::Tensor> lstm_cell_autograd(const at::Tensor& input, c
 Grads lstm_cell_backward_autograd(const OptTensor& grad_hy, const OptTensor& grad_cy,
                                   const at::Tensor& workspace, const at::Tensor& input,
                                   const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& cy,
-                                  const at::Tensor& w_ih, const at::Tensor& w_hh, bool has_bias) {
+                                  const at::Tensor& w_ih, const at::Tensor& w_hh, bool has_bias,
+                                  std::array<bool, 4> output_mask) {
   const auto requires_grad = [](const OptTensor& t) { return t.has_value() && t->requires_grad(); };
   const bool differentiable =
       requires_grad(grad_hy) || requires_grad(grad_cy) || workspace.requires_grad() ||
@@ -86,7 +89,7 @@ Grads lstm_cell_backward_autograd(const OptTensor& grad_hy, const OptTensor& gra
   TORCH_CHECK(!(at::GradMode::is_enabled() && differentiable),
               "lstm_cell: double backward (create_graph=True through lstm_cell) is not supported");
   at::AutoDispatchBelowADInplaceOrView guard;
-  return call_backward(grad_hy, grad_cy, workspace, input, hx, cx, cy, w_ih, w_hh, has_bias);
+  return call_backward(grad_hy, grad_cy, workspace, input, hx, cx, cy, w_ih, w_hh, has_bias, output_mask);
 }
 
 }  // namespace

@@ -99,9 +99,10 @@ lstm_cell_backward_cuda(const std::optional<at::Tensor>& grad_hy,
                         const std::optional<at::Tensor>& grad_cy, const at::Tensor& workspace,
                         const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx,
                         const at::Tensor& cy, const at::Tensor& w_ih, const at::Tensor& w_hh,
-                        bool has_bias) {
+                        bool has_bias, std::array<bool, 4> output_mask) {
   const auto guard = device_guard(input);
-  return cell_backward(kCuda, grad_hy, grad_cy, workspace, input, hx, cx, cy, w_ih, w_hh, has_bias);
+  return cell_backward(kCuda, grad_hy, grad_cy, workspace, input, hx, cx, cy, w_ih, w_hh, has_bias,
+                       output_mask);
 }
 
 }  // namespace

@@ -199,3 +199,23 @@ def assert_low_precision_ok(actual, expected, native_lp, native_expected=None, w
         f"{what}: kernel max error {kernel_err:.3g} > 2 x native {actual.dtype} error "
         f"{native_err:.3g} + {eps:.3g}"
     )
+
+
+def aot_graphs(fn, *args):
+    """Compile fn through AOTAutograd (fullgraph), run it and backward from the sum of its
+    output, and return the FX graphs it compiled: {"forward": ..., "backward": ...}."""
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._functorch.aot_autograd import make_boxed_func
+
+    graphs = {}
+
+    def capture(kind):
+        def compiler(gm, example_inputs):
+            graphs[kind] = gm
+            return make_boxed_func(gm.forward)
+        return compiler
+
+    torch._dynamo.reset()
+    aot = aot_autograd(fw_compiler=capture("forward"), bw_compiler=capture("backward"))
+    torch.compile(fn, fullgraph=True, backend=aot)(*args).sum().backward()
+    return graphs

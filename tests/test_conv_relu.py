@@ -10,8 +10,6 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch._dynamo.backends.common import aot_autograd
-from torch._functorch.aot_autograd import make_boxed_func
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -20,6 +18,7 @@ from dll_ext.functional import conv2d_relu
 from dll_ext.nn import Conv2dReLU, fuse_conv_relu
 
 from conftest import (
+    aot_graphs,
     CPU_DTYPES,
     CUDA_DTYPES,
     DEVICES,
@@ -359,18 +358,8 @@ def test_compile_function_fullgraph(fresh_dynamo):
     assert len(captured) == 1 and len(op_nodes(captured[0])) == 1, "the op must be one node of one graph"
 
     # Through AOTAutograd, the backward graph runs the fused backward op.
-    graphs = {}
-
-    def capture(kind):
-        def compiler(gm, example_inputs):
-            graphs[kind] = gm
-            return make_boxed_func(gm.forward)
-        return compiler
-
-    torch._dynamo.reset()
-    aot = aot_autograd(fw_compiler=capture("forward"), bw_compiler=capture("backward"))
     xa, wa, ba = leaf(x), leaf(w), leaf(b)
-    torch.compile(fn, fullgraph=True, backend=aot)(xa, wa, ba).sum().backward()
+    graphs = aot_graphs(fn, xa, wa, ba)
     assert [str(n.target) for n in op_nodes(graphs["forward"])] == ["dll_ext.conv2d_relu.default"]
     assert [str(n.target) for n in op_nodes(graphs["backward"])] == ["dll_ext.conv2d_relu_backward.default"]
 

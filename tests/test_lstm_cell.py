@@ -15,14 +15,13 @@ import torch
 import torch.nn as nn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from torch._dynamo.backends.common import aot_autograd
-from torch._functorch.aot_autograd import make_boxed_func
 
 import dll_ext
 import dll_ext.functional
 import dll_ext.nn
 
 from conftest import (
+    aot_graphs,
     CPU_DTYPES,
     CUDA_DTYPES,
     DEVICES,
@@ -615,17 +614,7 @@ def test_compile_function_fullgraph(fresh_dynamo):
         f"the op must be one node of one graph: {[lstm_nodes(g) for g in captured]}"
 
     # Through AOTAutograd, the backward graph runs the fused backward op.
-    graphs = {}
-
-    def capture(kind):
-        def compiler(gm, example_inputs):
-            graphs[kind] = gm
-            return make_boxed_func(gm.forward)
-        return compiler
-
-    torch._dynamo.reset()
-    aot = aot_autograd(fw_compiler=capture("forward"), bw_compiler=capture("backward"))
-    torch.compile(fn, fullgraph=True, backend=aot)(*leaves(case)).sum().backward()
+    graphs = aot_graphs(fn, *leaves(case))
     assert len(lstm_nodes(graphs["forward"])) == 1, lstm_nodes(graphs["forward"])
     assert lstm_nodes(graphs["backward"]) == ["dll_ext.lstm_cell_backward.default"]
 

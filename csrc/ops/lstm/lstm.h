@@ -17,8 +17,8 @@ struct Backend {
   // accumulation type): h, c and the activated gates, all written.
   void (*step_forward)(const at::Tensor& pre, const at::Tensor& bias, const at::Tensor& c_prev,
                        at::Tensor& h, at::Tensor& c, at::Tensor& gates);
-  // Gradients of the pre-activations and of c_prev from those reaching h and c (either may
-  // be undefined: zero); tanh(c) is recomputed from c.
+  // Gradients of the pre-activations and of c_prev from those reaching h and c; tanh(c) is
+  // recomputed from c.
   void (*step_backward)(const at::Tensor& grad_h, const at::Tensor& grad_c,
                         const at::Tensor& gates, const at::Tensor& c_prev, const at::Tensor& c,
                         at::Tensor& grad_pre, at::Tensor& grad_c_prev);

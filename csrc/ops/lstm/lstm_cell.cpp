@@ -92,12 +92,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     check_same_device(*t, input, label.c_str(), "input");
     check_same_dtype(*t, input, label.c_str(), "input");
   }
-  const auto contiguous_or_undefined = [](const std::optional<at::Tensor>& t) {
-    return t.has_value() && t->defined() ? t->contiguous() : at::Tensor();
+  // An undefined gradient is zero; materialised so the backends' step loads unconditionally.
+  const auto contiguous_or_zero = [&cy](const std::optional<at::Tensor>& t) {
+    return t.has_value() && t->defined() ? t->contiguous() : at::zeros_like(cy);
   };
   at::Tensor grad_pre = at::empty_like(workspace);
   at::Tensor grad_cx = at::empty_like(cy);
-  backend.step_backward(contiguous_or_undefined(grad_hy), contiguous_or_undefined(grad_cy),
+  backend.step_backward(contiguous_or_zero(grad_hy), contiguous_or_zero(grad_cy),
                         workspace.contiguous(), cx.contiguous(), cy.contiguous(), grad_pre, grad_cx);
   // Only the GEMMs whose gradient is wanted (output_mask: input, hx, w_ih, w_hh): a loop
   // over a sequence's inputs, say, needs no input gradient. The weight gradients are single

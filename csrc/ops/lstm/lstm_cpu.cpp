@@ -74,11 +74,8 @@ void step_forward_cpu(const at::Tensor& pre, const at::Tensor& bias, const at::T
 void step_backward_cpu(const at::Tensor& grad_h, const at::Tensor& grad_c, const at::Tensor& gates,
                        const at::Tensor& c_prev, const at::Tensor& c, at::Tensor& grad_pre,
                        at::Tensor& grad_c_prev) {
-  // An undefined gradient is zero; materialised so the step loop loads unconditionally.
-  const at::Tensor dh = grad_h.defined() ? grad_h : at::zeros_like(c);
-  const at::Tensor dc = grad_c.defined() ? grad_c : at::zeros_like(c);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, gates.scalar_type(), "lstm_step_backward_cpu", [&] {
-    step_backward_kernel<scalar_t>(dh.const_data_ptr<scalar_t>(), dc.const_data_ptr<scalar_t>(),
+    step_backward_kernel<scalar_t>(grad_h.const_data_ptr<scalar_t>(), grad_c.const_data_ptr<scalar_t>(),
                                    gates.const_data_ptr<scalar_t>(), c_prev.const_data_ptr<scalar_t>(),
                                    c.const_data_ptr<scalar_t>(), grad_pre.data_ptr<scalar_t>(),
                                    grad_c_prev.data_ptr<scalar_t>(), c.size(0), c.size(1));

@@ -62,13 +62,10 @@ void step_backward_cuda(const at::Tensor& grad_h, const at::Tensor& grad_c, cons
                         at::Tensor& grad_c_prev) {
   const int64_t units = c.numel();
   if (units == 0) return;
-  // An undefined gradient is zero; materialised so the kernel loads unconditionally.
-  const at::Tensor dh = grad_h.defined() ? grad_h : at::zeros_like(c);
-  const at::Tensor dc = grad_c.defined() ? grad_c : at::zeros_like(c);
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gates.scalar_type(), "lstm_step_backward_cuda", [&] {
     step_backward_kernel<scalar_t><<<grid_for(units), kThreads, 0, stream>>>(
-        dh.const_data_ptr<scalar_t>(), dc.const_data_ptr<scalar_t>(), gates.const_data_ptr<scalar_t>(),
+        grad_h.const_data_ptr<scalar_t>(), grad_c.const_data_ptr<scalar_t>(), gates.const_data_ptr<scalar_t>(),
         c_prev.const_data_ptr<scalar_t>(), c.const_data_ptr<scalar_t>(), grad_pre.data_ptr<scalar_t>(),
         grad_c_prev.data_ptr<scalar_t>(), units, c.size(1));
     C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -1,7 +1,8 @@
 // Fused LSTM ops. The GEMMs are ATen's (MKL/oneDNN on CPU, cuBLAS on CUDA); each backend
 // supplies the fused pointwise step around them, forward and backward, written once over
 // the element math in lstm_math.h. Layouts: pre-activations and gates are (B, 4H) rows of
-// [i | f | g | o], states are (B, H), all contiguous.
+// [i | f | g | o], states are (B, H), all contiguous. lstm_cell is one step; lstm_layer and
+// lstm_layer_packed run a whole sequence of one layer and direction with the same steps.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -24,6 +25,25 @@ struct Backend {
                         at::Tensor& grad_pre, at::Tensor& grad_c_prev);
 };
 
+// Argument checks shared by the ops; `op` starts every message.
+void check_shape(const char* op, const at::Tensor& t, at::IntArrayRef expected, const char* name,
+                 const char* layout);
+void check_like_input(const char* op, const at::Tensor& t, const at::Tensor& input, const char* name);
+// Weights and biases against each other and against input's last (feature) dimension; the
+// dtype is one the kernels support on input's device.
+void check_parameters(const char* op, const at::Tensor& input, const at::Tensor& w_ih,
+                      const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+                      const std::optional<at::Tensor>& b_hh);
+// A (batch, hidden_size) state or state gradient on input's device and dtype.
+void check_state(const char* op, const at::Tensor& t, const at::Tensor& input, int64_t batch,
+                 int64_t hidden, const char* name);
+
+// The bias row the steps add, b_ih + b_hh (zeros without biases), in the accumulation type
+// of `like`: the steps load it unconditionally, and low-precision biases are added without
+// an extra rounding.
+at::Tensor bias_row(const at::Tensor& like, const std::optional<at::Tensor>& b_ih,
+                    const std::optional<at::Tensor>& b_hh, int64_t hidden);
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> cell_forward(
     const Backend& backend, const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx,
     const at::Tensor& w_ih, const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
@@ -34,5 +54,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const std::optional<at::Tensor>& grad_cy, const at::Tensor& workspace, const at::Tensor& input,
     const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& cy, const at::Tensor& w_ih,
     const at::Tensor& w_hh, bool has_bias, std::array<bool, 4> output_mask);
+
+using LayerOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using LayerGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+// A whole sequence of one layer and direction. `input` is padded (T, B, input_size) with
+// optional per-sequence `lengths` (CPU int64, any order), or, when `batch_sizes` is given,
+// PyTorch's packed layout (N, input_size) with the sequences sorted by decreasing length.
+// Returns output, the final h and c, and the workspace the backward reads: the activated
+// gates and the cell states of every valid position, packed, in buffers with a row per
+// input row.
+LayerOutputs layer_forward(const Backend& backend, const at::Tensor& input,
+                           const std::optional<at::Tensor>& lengths,
+                           const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx,
+                           const at::Tensor& cx, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                           const std::optional<at::Tensor>& b_ih,
+                           const std::optional<at::Tensor>& b_hh, bool reverse);
+
+// Gradients of input, hx, cx, w_ih, w_hh and the bias (the same for b_ih and b_hh); the
+// first, second, fourth and fifth only where output_mask (input, hx, w_ih, w_hh) asks.
+LayerGrads layer_backward(const Backend& backend, const std::optional<at::Tensor>& grad_output,
+                          const std::optional<at::Tensor>& grad_hy,
+                          const std::optional<at::Tensor>& grad_cy, const at::Tensor& input,
+                          const std::optional<at::Tensor>& lengths,
+                          const std::optional<at::Tensor>& batch_sizes, const at::Tensor& hx,
+                          const at::Tensor& cx, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                          const at::Tensor& output, const at::Tensor& gates, const at::Tensor& cells,
+                          bool has_bias, bool reverse, std::array<bool, 4> output_mask);
 
 }  // namespace dll_ext::lstm

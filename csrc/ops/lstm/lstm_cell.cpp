@@ -1,5 +1,4 @@
 // Schemas, argument checks and the backend-independent composition of lstm_cell.
-#include <ATen/OpMathType.h>
 #include <torch/library.h>
 
 #include "common/checks.h"
@@ -8,47 +7,16 @@
 namespace dll_ext::lstm {
 namespace {
 
-void check_dtype_supported(const at::Tensor& input) {
-  const auto dtype = input.scalar_type();
-  const bool cpu_ok = dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16;
-  TORCH_CHECK_TYPE(input.is_cuda() ? cpu_ok || dtype == at::kHalf : cpu_ok, "lstm_cell: input dtype ",
-                   dtype, " is not supported on ", input.device().type(),
-                   "; supported: float32, float64, bfloat16",
-                   input.is_cuda() ? ", float16" : " (float16 on CUDA only)");
-}
-
-void check_shape(const at::Tensor& t, at::IntArrayRef expected, const char* name, const char* what) {
-  TORCH_CHECK_VALUE(t.sizes() == expected, "lstm_cell: ", name, " must have shape ", expected, " ",
-                    what, ", but got ", t.sizes());
-}
+constexpr const char* kOp = "lstm_cell";
 
 void check_args(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx,
                 const at::Tensor& w_ih, const at::Tensor& w_hh,
                 const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh) {
   check_dim(input, 2, "lstm_cell: input", "(batch, input_size)");
-  check_dim(w_hh, 2, "lstm_cell: weight_hh", "(4 * hidden_size, hidden_size)");
-  check_dim(w_ih, 2, "lstm_cell: weight_ih", "(4 * hidden_size, input_size)");
+  check_parameters(kOp, input, w_ih, w_hh, b_ih, b_hh);
   const int64_t batch = input.size(0), hidden = w_hh.size(1);
-  check_shape(w_hh, {4 * hidden, hidden}, "weight_hh", "(4 * hidden_size, hidden_size)");
-  TORCH_CHECK_VALUE(w_ih.size(0) == 4 * hidden, "lstm_cell: weight_ih must have 4 * hidden_size = ",
-                    4 * hidden, " rows (hidden_size from weight_hh), but got shape ", w_ih.sizes());
-  TORCH_CHECK_VALUE(input.size(1) == w_ih.size(1), "lstm_cell: input has feature size ",
-                    input.size(1), " but weight_ih expects input_size = ", w_ih.size(1));
-  check_shape(hx, {batch, hidden}, "hx", "(batch, hidden_size)");
-  check_shape(cx, {batch, hidden}, "cx", "(batch, hidden_size)");
-  TORCH_CHECK_VALUE(b_ih.has_value() == b_hh.has_value(),
-                    "lstm_cell: bias_ih and bias_hh must be given together or both be None");
-  const std::pair<const at::Tensor*, const char*> others[] = {
-      {&hx, "hx"}, {&cx, "cx"}, {&w_ih, "weight_ih"}, {&w_hh, "weight_hh"},
-      {b_ih ? &*b_ih : nullptr, "bias_ih"}, {b_hh ? &*b_hh : nullptr, "bias_hh"}};
-  for (const auto& [t, name] : others) {
-    if (!t) continue;
-    check_same_device(*t, input, (std::string("lstm_cell: ") + name).c_str(), "input");
-    check_same_dtype(*t, input, (std::string("lstm_cell: ") + name).c_str(), "input");
-  }
-  if (b_ih) check_shape(*b_ih, {4 * hidden}, "bias_ih", "(4 * hidden_size,)");
-  if (b_hh) check_shape(*b_hh, {4 * hidden}, "bias_hh", "(4 * hidden_size,)");
-  check_dtype_supported(input);
+  check_state(kOp, hx, input, batch, hidden, "hx");
+  check_state(kOp, cx, input, batch, hidden, "cx");
 }
 
 }  // namespace
@@ -65,11 +33,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cell_forward(
   at::Tensor hy = at::empty({input.size(0), hidden}, input.options());
   at::Tensor cy = at::empty_like(hy);
   at::Tensor gates = at::empty_like(pre);
-  // One bias row in the accumulation type: the step loads it unconditionally, and
-  // low-precision biases are added without an extra rounding.
-  const auto acc = pre.options().dtype(at::toOpMathType(pre.scalar_type()));
-  const at::Tensor bias = b_ih ? (b_ih->to(acc) + b_hh->to(acc)) : at::zeros({4 * hidden}, acc);
-  backend.step_forward(pre, bias, cx.contiguous(), hy, cy, gates);
+  backend.step_forward(pre, bias_row(pre, b_ih, b_hh, hidden), cx.contiguous(), hy, cy, gates);
   return {hy, cy, gates};
 }
 
@@ -80,18 +44,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& w_hh, bool has_bias, std::array<bool, 4> output_mask) {
   check_args(input, hx, cx, w_ih, w_hh, std::nullopt, std::nullopt);
   const int64_t batch = input.size(0), hidden = w_hh.size(1);
-  check_shape(workspace, {batch, 4 * hidden}, "workspace", "(batch, 4 * hidden_size)");
-  check_shape(cy, {batch, hidden}, "cy", "(batch, hidden_size)");
-  const std::pair<const at::Tensor*, const char*> saved[] = {
-      {grad_hy ? &*grad_hy : nullptr, "grad_hy"}, {grad_cy ? &*grad_cy : nullptr, "grad_cy"},
-      {&workspace, "workspace"}, {&cy, "cy"}};
-  for (const auto& [t, name] : saved) {
-    if (!t || !t->defined()) continue;
-    const std::string label = std::string("lstm_cell_backward: ") + name;
-    if (t != &workspace) check_shape(*t, {batch, hidden}, name, "(batch, hidden_size)");
-    check_same_device(*t, input, label.c_str(), "input");
-    check_same_dtype(*t, input, label.c_str(), "input");
-  }
+  constexpr const char* op = "lstm_cell_backward";
+  check_shape(op, workspace, {batch, 4 * hidden}, "workspace", "(batch, 4 * hidden_size)");
+  check_like_input(op, workspace, input, "workspace");
+  check_state(op, cy, input, batch, hidden, "cy");
+  if (grad_hy && grad_hy->defined()) check_state(op, *grad_hy, input, batch, hidden, "grad_hy");
+  if (grad_cy && grad_cy->defined()) check_state(op, *grad_cy, input, batch, hidden, "grad_cy");
   // An undefined gradient is zero; materialised so the backends' step loads unconditionally.
   const auto contiguous_or_zero = [&cy](const std::optional<at::Tensor>& t) {
     return t.has_value() && t->defined() ? t->contiguous() : at::zeros_like(cy);

@@ -1,11 +1,10 @@
-// CPU pointwise steps of the LSTM ops, and the CPU registrations of lstm_cell.
+// CPU pointwise steps of the LSTM ops, and the CPU registrations of the ops.
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <algorithm>
 
-#include "ops/lstm/lstm.h"
+#include "ops/lstm/lstm_kernels.h"
 #include "ops/lstm/lstm_math.h"
 
 namespace dll_ext::lstm {
@@ -82,39 +81,17 @@ void step_backward_cpu(const at::Tensor& grad_h, const at::Tensor& grad_c, const
   });
 }
 
+// No state to hold while a CPU op runs.
+struct NoGuard {
+  explicit NoGuard(const at::Tensor&) {}
+};
+
 constexpr Backend kCpu{step_forward_cpu, step_backward_cpu};
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_cell_forward_cpu(
-    const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& w_ih,
-    const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
-    const std::optional<at::Tensor>& b_hh) {
-  return cell_forward(kCpu, input, hx, cx, w_ih, w_hh, b_ih, b_hh);
-}
-
-std::tuple<at::Tensor, at::Tensor> lstm_cell_cpu(const at::Tensor& input, const at::Tensor& hx,
-                                                 const at::Tensor& cx, const at::Tensor& w_ih,
-                                                 const at::Tensor& w_hh,
-                                                 const std::optional<at::Tensor>& b_ih,
-                                                 const std::optional<at::Tensor>& b_hh) {
-  auto [hy, cy, gates] = cell_forward(kCpu, input, hx, cx, w_ih, w_hh, b_ih, b_hh);
-  return {hy, cy};
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-lstm_cell_backward_cpu(const std::optional<at::Tensor>& grad_hy,
-                       const std::optional<at::Tensor>& grad_cy, const at::Tensor& workspace,
-                       const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx,
-                       const at::Tensor& cy, const at::Tensor& w_ih, const at::Tensor& w_hh,
-                       bool has_bias, std::array<bool, 4> output_mask) {
-  return cell_backward(kCpu, grad_hy, grad_cy, workspace, input, hx, cx, cy, w_ih, w_hh, has_bias,
-                       output_mask);
-}
-
 }  // namespace
+
 }  // namespace dll_ext::lstm
 
 TORCH_LIBRARY_IMPL(dll_ext, CPU, m) {
-  m.impl("lstm_cell", &dll_ext::lstm::lstm_cell_cpu);
-  m.impl("_lstm_cell_forward", &dll_ext::lstm::lstm_cell_forward_cpu);
-  m.impl("lstm_cell_backward", &dll_ext::lstm::lstm_cell_backward_cpu);
+  dll_ext::lstm::register_kernels<dll_ext::lstm::kCpu, dll_ext::lstm::NoGuard>(m);
 }

@@ -1,11 +1,10 @@
 // CUDA pointwise steps of the LSTM ops (around cuBLAS GEMMs), and the CUDA registrations of
-// lstm_cell. One thread per hidden unit of a row, grid-stride.
+// the ops. One thread per hidden unit of a row, grid-stride.
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
-#include <torch/library.h>
 
 #include "common/cuda_launch.cuh"
-#include "ops/lstm/lstm.h"
+#include "ops/lstm/lstm_kernels.h"
 #include "ops/lstm/lstm_math.h"
 
 namespace dll_ext::lstm {
@@ -72,41 +71,18 @@ void step_backward_cuda(const at::Tensor& grad_h, const at::Tensor& grad_c, cons
   });
 }
 
+// The op's device, current while it runs.
+struct CudaGuard {
+  explicit CudaGuard(const at::Tensor& input) : guard(device_guard(input)) {}
+  c10::cuda::OptionalCUDAGuard guard;
+};
+
 constexpr Backend kCuda{step_forward_cuda, step_backward_cuda};
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_cell_forward_cuda(
-    const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& w_ih,
-    const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
-    const std::optional<at::Tensor>& b_hh) {
-  const auto guard = device_guard(input);
-  return cell_forward(kCuda, input, hx, cx, w_ih, w_hh, b_ih, b_hh);
-}
-
-std::tuple<at::Tensor, at::Tensor> lstm_cell_cuda(const at::Tensor& input, const at::Tensor& hx,
-                                                  const at::Tensor& cx, const at::Tensor& w_ih,
-                                                  const at::Tensor& w_hh,
-                                                  const std::optional<at::Tensor>& b_ih,
-                                                  const std::optional<at::Tensor>& b_hh) {
-  auto [hy, cy, gates] = lstm_cell_forward_cuda(input, hx, cx, w_ih, w_hh, b_ih, b_hh);
-  return {hy, cy};
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-lstm_cell_backward_cuda(const std::optional<at::Tensor>& grad_hy,
-                        const std::optional<at::Tensor>& grad_cy, const at::Tensor& workspace,
-                        const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx,
-                        const at::Tensor& cy, const at::Tensor& w_ih, const at::Tensor& w_hh,
-                        bool has_bias, std::array<bool, 4> output_mask) {
-  const auto guard = device_guard(input);
-  return cell_backward(kCuda, grad_hy, grad_cy, workspace, input, hx, cx, cy, w_ih, w_hh, has_bias,
-                       output_mask);
-}
-
 }  // namespace
+
 }  // namespace dll_ext::lstm
 
 TORCH_LIBRARY_IMPL(dll_ext, CUDA, m) {
-  m.impl("lstm_cell", &dll_ext::lstm::lstm_cell_cuda);
-  m.impl("_lstm_cell_forward", &dll_ext::lstm::lstm_cell_forward_cuda);
-  m.impl("lstm_cell_backward", &dll_ext::lstm::lstm_cell_backward_cuda);
+  dll_ext::lstm::register_kernels<dll_ext::lstm::kCuda, dll_ext::lstm::CudaGuard>(m);
 }

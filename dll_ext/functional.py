@@ -5,7 +5,7 @@ from typing import List, Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-__all__ = ["conv2d_relu", "lstm_cell"]
+__all__ = ["conv2d_relu", "lstm_cell", "lstm_layer"]
 
 
 def _int(value, name: str, given) -> int:
@@ -105,3 +105,40 @@ def lstm_cell(
         return hy.squeeze(0), cy.squeeze(0)
     hy, cy = torch.ops.dll_ext.lstm_cell(input, h, c, weight_ih, weight_hh, bias_ih, bias_hh)
     return hy, cy
+
+
+def lstm_layer(
+    input: torch.Tensor,
+    hx: Optional[Tuple[torch.Tensor, torch.Tensor]],
+    weight_ih: torch.Tensor,
+    weight_hh: torch.Tensor,
+    bias_ih: Optional[torch.Tensor] = None,
+    bias_hh: Optional[torch.Tensor] = None,
+    lengths: Optional[Union[torch.Tensor, List[int]]] = None,
+    reverse: bool = False,
+    batch_first: bool = False,
+) -> Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+    """A whole sequence through one LSTM layer and direction, fused: returns
+    (output, (h_n, c_n)).
+
+    input is (T, B, input_size), or (B, T, input_size) with batch_first; hx = (h_0, c_0),
+    each (B, hidden_size), or None for zeros. lengths (B,), a CPU int64 tensor or a list, in
+    any order: sequence b is input[:lengths[b], b]; output is zero past it, and (h_n, c_n)[b]
+    is its state at its last valid step. reverse runs each sequence from its last valid step
+    to its first, as the reverse direction of a bidirectional nn.LSTM does. Runs
+    torch.ops.dll_ext.lstm_layer; differentiable in input, hx and the weights.
+    """
+    if input.dim() != 3:
+        raise ValueError(f"lstm_layer: input must be a 3-D tensor (seq_len, batch, input_size), but got shape {tuple(input.shape)}")
+    if batch_first:
+        input = input.transpose(0, 1)
+    if hx is None:
+        zeros = input.new_zeros((input.size(1), weight_hh.size(1)))
+        hx = (zeros, zeros)
+    if lengths is not None and not isinstance(lengths, torch.Tensor):
+        lengths = torch.tensor(lengths, dtype=torch.int64)
+    output, h, c = torch.ops.dll_ext.lstm_layer(input, hx[0], hx[1], weight_ih, weight_hh, bias_ih, bias_hh,
+                                                lengths, reverse)
+    if batch_first:
+        output = output.transpose(0, 1)
+    return output, (h, c)

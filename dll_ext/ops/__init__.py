@@ -10,6 +10,8 @@ from dll_ext.ops import conv_relu, lstm
 OPS = {
     "conv2d_relu": ["conv2d_relu_backward"],
     "lstm_cell": ["_lstm_cell_forward", "lstm_cell_backward"],
+    "lstm_layer": ["_lstm_layer_forward", "lstm_layer_backward"],
+    "lstm_layer_packed": ["_lstm_layer_forward", "lstm_layer_backward"],
 }
 
 __all__ = ["OPS", "conv_relu", "lstm"]

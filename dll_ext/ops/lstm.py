@@ -1,8 +1,11 @@
-"""Fake kernels of the LSTM ops (dll_ext::lstm_cell, _lstm_cell_forward, lstm_cell_backward).
+"""Fake kernels of the LSTM ops: lstm_cell, lstm_layer, lstm_layer_packed and their internal
+forward and backward ops.
 
 They state only shapes and dtypes; the argument checks live once, in C++
-(csrc/ops/lstm/lstm_cell.cpp), and run when the real kernel does.
+(csrc/ops/lstm/lstm_checks.cpp, lstm_cell.cpp, lstm_layer.cpp), and run when the real kernel does.
 """
+import math
+
 import torch
 
 import dll_ext._loader  # noqa: F401  (the C++ library must be loaded to register fakes)
@@ -23,9 +26,8 @@ def _lstm_cell_forward_fake(input, hx, cx, w_ih, w_hh, b_ih, b_hh):
     return _state_like(input, w_hh), _state_like(input, w_hh), gates
 
 
-@torch.library.register_fake("dll_ext::lstm_cell_backward")
-def _lstm_cell_backward_fake(grad_hy, grad_cy, workspace, input, hx, cx, cy, w_ih, w_hh, has_bias,
-                             output_mask=(True, True, True, True)):
+def _grads(output_mask, input, hx, cx, w_ih, w_hh, has_bias):
+    # Gradients of input, hx, cx, w_ih, w_hh and the bias, as both backward ops return them.
     def grad_if(wanted, like):
         return like.new_empty(like.shape) if wanted else None
 
@@ -38,3 +40,40 @@ def _lstm_cell_backward_fake(grad_hy, grad_cy, workspace, input, hx, cx, cy, w_i
         grad_if(output_mask[3], w_hh),
         grad_bias,
     )
+
+
+@torch.library.register_fake("dll_ext::lstm_cell_backward")
+def _lstm_cell_backward_fake(grad_hy, grad_cy, workspace, input, hx, cx, cy, w_ih, w_hh, has_bias,
+                             output_mask=(True, True, True, True)):
+    return _grads(output_mask, input, hx, cx, w_ih, w_hh, has_bias)
+
+
+def _layer_outputs(input, hx, w_hh):
+    hidden = w_hh.shape[1]
+    return input.new_empty((*input.shape[:-1], hidden)), hx.new_empty(hx.shape), hx.new_empty(hx.shape)
+
+
+@torch.library.register_fake("dll_ext::lstm_layer")
+def _lstm_layer_fake(input, hx, cx, w_ih, w_hh, b_ih, b_hh, lengths=None, reverse=False):
+    return _layer_outputs(input, hx, w_hh)
+
+
+@torch.library.register_fake("dll_ext::lstm_layer_packed")
+def _lstm_layer_packed_fake(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, reverse=False):
+    return _layer_outputs(input, hx, w_hh)
+
+
+@torch.library.register_fake("dll_ext::_lstm_layer_forward")
+def _lstm_layer_forward_fake(input, lengths, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, reverse):
+    # The workspace has a row per input position (padded or packed), whatever the lengths.
+    positions = math.prod(input.shape[:-1])
+    hidden = w_hh.shape[1]
+    gates = input.new_empty((positions, 4 * hidden))
+    cells = input.new_empty((positions, hidden))
+    return (*_layer_outputs(input, hx, w_hh), gates, cells)
+
+
+@torch.library.register_fake("dll_ext::lstm_layer_backward")
+def _lstm_layer_backward_fake(grad_output, grad_hy, grad_cy, input, lengths, batch_sizes, hx, cx, w_ih, w_hh,
+                              output, gates, cells, has_bias, reverse, output_mask=(True, True, True, True)):
+    return _grads(output_mask, input, hx, cx, w_ih, w_hh, has_bias)

@@ -29,9 +29,10 @@ import numpy as np
 import torch
 
 Fn = Callable[[], Any]
+_MIB = 1 << 20
 
-__all__ = ["Case", "Impls", "Settings", "format_table", "measure_peak", "run_cases", "steady_state_malloc",
-           "time_case", "write_json", "write_plot"]
+__all__ = ["Case", "Impls", "Settings", "format_table", "measure_peak", "peak_memory_mib", "run_cases",
+           "steady_state_malloc", "time_case", "write_json", "write_plot"]
 
 
 @dataclass
@@ -55,6 +56,7 @@ class Case:
     flops: Optional[float] = None  # floating-point operations of one call, if known
     dtype: torch.dtype = torch.float32  # selects the peak to compare with
     target: Optional[float] = None  # the speedup over native that ours should reach
+    memory: bool = False  # also measure the peak memory of one call of ours and native
 
 
 @dataclass
@@ -150,6 +152,33 @@ def measure_peak(device: Union[str, torch.device] = "cpu", dtype: torch.dtype = 
             "gemm": f"{size}x{size}x{size}", "method": f"best of {repeats}", "tf32": tf32}
 
 
+def peak_memory_mib(fn: Fn, device: Union[str, torch.device]) -> float:
+    """The most memory one call of fn holds at once beyond what was allocated before it, in
+    MiB: on CUDA from the caching allocator's peak, on the CPU from the profiler's memory
+    timeline (every tensor allocation and free)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / _MIB
+    import tempfile
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        fn()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "timeline.raw.json")
+        prof.export_memory_timeline(path, device="cpu")
+        with open(path) as f:
+            _, sizes = json.load(f)
+    totals = [sum(categories) for categories in sizes]
+    return (max(totals) - totals[0]) / _MIB if totals else 0.0
+
+
 def time_case(case: Case, device: Union[str, torch.device], settings: Settings) -> Dict[str, Any]:
     """Time one case; returns its result record (see the module docstring). GFLOP/s are set
     when the case has a FLOP count; run_cases adds the % of peak."""
@@ -177,6 +206,9 @@ def time_case(case: Case, device: Union[str, torch.device], settings: Settings) 
         if case.flops:
             stats["gflops"] = case.flops / (stats["median_ms"] / 1e3) / 1e9
         result["impls"][name] = stats
+    if case.memory:
+        for name, fn in impls[:2]:
+            result["impls"][name]["peak_mib"] = peak_memory_mib(fn, device)
     ours = np.asarray(samples["ours"])
     result["speedup"] = result["impls"]["native"]["median_ms"] / result["impls"]["ours"]["median_ms"]
     paired = np.asarray(samples["native"]) / ours
@@ -187,9 +219,6 @@ def time_case(case: Case, device: Union[str, torch.device], settings: Settings) 
                               for name in samples if name not in ("ours", "native")}
     result["meets_target"] = None if case.target is None else bool(result["speedup"] >= case.target)
     return result
-
-
-_MIB = 1 << 20
 
 
 def steady_state_malloc() -> str:
@@ -308,6 +337,9 @@ def format_table(run: Dict[str, Any]) -> str:
               "ours GF/s (%pk)", "native GF/s (%pk)"]
     for name in extras:
         header += [f"{name} ms [IQR]", f"ours vs {name}"]
+    memory = any("peak_mib" in c["impls"]["ours"] for c in cases)
+    if memory:
+        header.append("peak MiB ours/native")
     header.append("target")
     rows = [header]
     for c in cases:
@@ -320,6 +352,9 @@ def format_table(run: Dict[str, Any]) -> str:
                 row += [_ms(c["impls"][name]), f"{c['vs_baselines'][name]:.3f}x"]
             else:
                 row += ["-", "-"]
+        if memory:
+            mib = [c["impls"][name].get("peak_mib") for name in ("ours", "native")]
+            row.append("-" if mib[0] is None else f"{mib[0]:.1f} / {mib[1]:.1f}")
         if c["target"] is None:
             row.append("-")
         else:

@@ -15,7 +15,8 @@ from dll_ext.benchmark.harness import Case, Settings, format_table, run_cases, w
 # op name -> module defining cases(device, quick)
 OPS: Dict[str, str] = {
     "conv2d_relu": "dll_ext.benchmark.conv_relu",
-    "lstm_cell": "dll_ext.benchmark.lstm",
+    "lstm_cell": "dll_ext.benchmark.lstm_cell",
+    "lstm_layer": "dll_ext.benchmark.lstm_layer",
 }
 
 

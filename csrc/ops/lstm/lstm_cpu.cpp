@@ -13,7 +13,7 @@ namespace {
 // Hidden units per parallel task. A step is short (B x H units) and sits between MKL GEMMs;
 // an OpenMP region for less than this measured slower than running it on one thread
 // (OpenMP's spinning workers compete with the GEMM's on 2 cores).
-constexpr int64_t kGrain = 32768;
+constexpr int64_t kGrain = 4096;
 
 // One batch row; the loop over hidden units reads each gate block contiguously and has no
 // branches or conditional loads, so it vectorises (the element math is libm-free for float).

@@ -140,6 +140,14 @@ def test_layer_matches_reference(dtype, shape, bias, lengths, reverse):
     check_against_reference(case, LENGTHS[lengths](T, B), reverse, 1e-10 if dtype == torch.float64 else 2e-5)
 
 
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_trailing_steps_where_every_sequence_has_ended(dtype, reverse):
+    # Padding longer than every sequence: the last steps have no rows at all.
+    case = make_layer_case(7, 3, 4, 5, True, dtype)
+    check_against_reference(case, torch.tensor([3, 1, 2]), reverse, 1e-10 if dtype == torch.float64 else 2e-5)
+
+
 def test_layer_bfloat16_close_to_reference():
     # bfloat16 storage with float32 accumulation in the step: within bfloat16's rounding of
     # the reference over a short sequence.

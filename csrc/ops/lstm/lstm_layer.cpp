@@ -207,13 +207,13 @@ class RecurrentGemm {
   }
 
   at::Tensor operator()(const at::Tensor& x) const {
-    if (x.size(0) == 0 || !use_onednn_) return at::mm(x, weight_);
+    if (!use_onednn_) return at::mm(x, weight_);
     return call_boxed(*linear(), {x, weight_, c10::IValue(), "none", c10::List<std::optional<at::Scalar>>(),
                                   c10::IValue()});
   }
 
   at::Tensor operator()(const at::Tensor& x, const at::Tensor& addend) const {
-    if (x.size(0) == 0 || !use_onednn_) return at::addmm(addend, x, weight_);
+    if (!use_onednn_) return at::addmm(addend, x, weight_);
     return call_boxed(*linear_add(), {x, addend, weight_, c10::IValue(), "add"});
   }
 
@@ -266,6 +266,7 @@ LayerOutputs layer_forward(const Backend& backend, const at::Tensor& input,
   at::Tensor cells = workspace(s, capacity, hidden, input.options());
   for (int64_t k = 0; k < s.steps(); ++k) {
     const int64_t t = step_at(s, k, reverse);
+    if (s.batch_sizes[t] == 0) continue;  // every sequence has ended (or the batch is empty)
     at::Tensor h_t = step_rows(out, s, t), c_t = step_rows(cells, s, t), gates_t = step_rows(gates, s, t);
     const at::Tensor pre_t = recurrent(state_before(out, h0, s, t, reverse), gates_t);
     backend.step_forward(pre_t, bias, state_before(cells, c0, s, t, reverse), h_t, c_t, gates_t);
@@ -323,6 +324,7 @@ LayerGrads layer_backward(const Backend& backend, const std::optional<at::Tensor
   const RecurrentGemm recurrent(w_hh.t(), batch);
   for (int64_t k = s.steps() - 1; k >= 0; --k) {
     const int64_t t = step_at(s, k, reverse), rows = s.batch_sizes[t];
+    if (rows == 0) continue;
     at::Tensor grad_h_t = grad_h.narrow(0, 0, rows), grad_c_t = grad_c.narrow(0, 0, rows),
                grad_c_prev_t = grad_c_prev.narrow(0, 0, rows), grad_pre_t = step_rows(grad_pre, s, t);
     grad_h_t.add_(step_rows(grad_out, s, t));

@@ -15,7 +15,9 @@ import torch.nn as nn
 import torch.utils
 
 import dll_ext  # noqa: F401  (registers torch.ops.dll_ext for scripting and the reference run)
-from dll_ext.nn import Conv2dReLU
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from dll_ext.nn import LSTM, Conv2dReLU, LSTMCell
 
 pytestmark = pytest.mark.slow
 
@@ -44,6 +46,23 @@ class TwoInputs(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.conv(x) - self.conv(y)
+
+
+class Tagger(nn.Module):
+    """Every LSTM op: a bidirectional 2-layer LSTM over packed and padded input, and a cell."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = LSTM(5, 6, 2, bidirectional=True, batch_first=True)
+        self.cell = LSTMCell(5, 6)
+        self.fc = nn.Linear(12, 3)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        packed, (h, c) = self.lstm(pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False))
+        states, _ = pad_packed_sequence(packed, batch_first=True, total_length=x.size(1))
+        padded, _ = self.lstm(x)
+        h1, c1 = self.cell(x[:, 0], (h[-1], c[-1]))
+        return self.fc(states + padded) + (h1 + c1).sum(-1, keepdim=True).unsqueeze(1)
 
 
 def _run(cmd, timeout, **kwargs):
@@ -97,6 +116,22 @@ def test_convnet_matches_python(dll_infer, tmp_path):
     assert result.returncode == 0, result.stderr
     out = torch.load(tmp_path / "y.pt")
     assert isinstance(out, torch.Tensor) and out.shape == (4, 10)
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_lstm_tagger_matches_python(dll_infer, tmp_path):
+    torch.manual_seed(2)
+    model = _script(Tagger(), tmp_path / "tagger.pt")
+    x, lengths = torch.randn(3, 7, 5), torch.tensor([4, 7, 2])
+    torch.save((x, lengths), tmp_path / "in.pt")
+    with torch.inference_mode():
+        expected = torch.jit.load(str(model))(x, lengths)
+
+    result = _infer(dll_infer, model, "--input", tmp_path / "in.pt", "--output", tmp_path / "out.pt")
+
+    assert result.returncode == 0, result.stderr
+    out = torch.load(tmp_path / "out.pt")
+    assert out.shape == (3, 7, 3)
     torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
 
 

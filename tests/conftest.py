@@ -3,6 +3,7 @@
 Helpers here are imported by the test modules (`from conftest import ...`); pytest puts
 this folder on sys.path because it has no __init__.py.
 """
+import math
 import zlib
 
 import pytest
@@ -199,6 +200,23 @@ def assert_low_precision_ok(actual, expected, native_lp, native_expected=None, w
         f"{what}: kernel max error {kernel_err:.3g} > 2 x native {actual.dtype} error "
         f"{native_err:.3g} + {eps:.3g}"
     )
+
+
+def lstm_tensors(input_shape, B, H):
+    """(input, hx, cx, w_ih, w_hh, b_ih, b_hh) in float64 for the LSTM tests: input of
+    input_shape (its last dimension is input_size), states (B, H), weights uniform in twice
+    nn.LSTM's initialisation range (so some gates saturate) and biases in that range."""
+    k = 1.0 / math.sqrt(H)
+    D = input_shape[-1]
+    return [
+        torch.randn(*input_shape, dtype=torch.float64),
+        torch.randn(B, H, dtype=torch.float64) * 0.5,
+        torch.randn(B, H, dtype=torch.float64),
+        (torch.rand(4 * H, D, dtype=torch.float64) * 2 - 1) * k * 2,
+        (torch.rand(4 * H, H, dtype=torch.float64) * 2 - 1) * k * 2,
+        (torch.rand(4 * H, dtype=torch.float64) * 2 - 1) * k,
+        (torch.rand(4 * H, dtype=torch.float64) * 2 - 1) * k,
+    ]
 
 
 def aot_graphs(fn, *args):

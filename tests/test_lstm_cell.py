@@ -29,6 +29,7 @@ from conftest import (
     assert_close_to,
     grads_of,
     leaf,
+    lstm_tensors,
     max_err,
     requires_cuda,
 )
@@ -93,16 +94,8 @@ LAYOUTS = {
 def make_case(B, D, H, bias, dtype, device="cpu", layout="contiguous", scale=1.0):
     """(input, hx, cx, w_ih, w_hh, b_ih, b_hh) drawn in float64 and rounded to dtype, so the
     float64 reference sees exactly the values the kernel sees; biases None without bias."""
-    k = 1.0 / math.sqrt(H)
-    tensors = [
-        torch.randn(B, D, dtype=torch.float64) * scale,
-        torch.randn(B, H, dtype=torch.float64) * 0.5,
-        torch.randn(B, H, dtype=torch.float64),
-        (torch.rand(4 * H, D, dtype=torch.float64) * 2 - 1) * k * 2,
-        (torch.rand(4 * H, H, dtype=torch.float64) * 2 - 1) * k * 2,
-        (torch.rand(4 * H, dtype=torch.float64) * 2 - 1) * k,
-        (torch.rand(4 * H, dtype=torch.float64) * 2 - 1) * k,
-    ]
+    tensors = lstm_tensors((B, D), B, H)
+    tensors[0] = tensors[0] * scale
     kinds = LAYOUTS[layout]
     out = [noncontiguous(t.to(device, dtype), kind) for t, kind in zip(tensors, kinds)]
     if not bias:

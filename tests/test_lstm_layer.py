@@ -8,8 +8,6 @@ property tests on random lengths, CUDA.
 """
 import copy
 import io
-import itertools
-import math
 
 import pytest
 import torch
@@ -22,7 +20,7 @@ import dll_ext
 import dll_ext.functional
 import dll_ext.nn
 
-from conftest import grads_of, max_err, requires_cuda
+from conftest import grads_of, lstm_tensors, max_err, requires_cuda
 
 ARG_ERRORS = (RuntimeError, ValueError, TypeError)
 
@@ -34,17 +32,7 @@ ARG_ERRORS = (RuntimeError, ValueError, TypeError)
 
 def make_layer_case(T, B, D, H, bias=True, dtype=torch.float64, device="cpu"):
     """(input, hx, cx, w_ih, w_hh, b_ih, b_hh), drawn in float64 and rounded to dtype."""
-    k = 1.0 / math.sqrt(H)
-    tensors = [
-        torch.randn(T, B, D, dtype=torch.float64),
-        torch.randn(B, H, dtype=torch.float64) * 0.5,
-        torch.randn(B, H, dtype=torch.float64),
-        (torch.rand(4 * H, D, dtype=torch.float64) * 2 - 1) * k * 2,
-        (torch.rand(4 * H, H, dtype=torch.float64) * 2 - 1) * k * 2,
-        (torch.rand(4 * H, dtype=torch.float64) * 2 - 1) * k,
-        (torch.rand(4 * H, dtype=torch.float64) * 2 - 1) * k,
-    ]
-    out = [t.to(device, dtype).requires_grad_() for t in tensors]
+    out = [t.to(device, dtype).requires_grad_() for t in lstm_tensors((T, B, D), B, H)]
     if not bias:
         out[5] = out[6] = None
     return out

@@ -4,13 +4,21 @@ Helpers here are imported by the test modules (`from conftest import ...`); pyte
 this folder on sys.path because it has no __init__.py.
 """
 import math
+import os
 import zlib
 
 import pytest
 import torch
+from hypothesis import settings
 import torch.nn.functional as F
 
 import dll_ext  # noqa: F401  (loads the ops)
+
+# CI runs the property tests on a fixed sequence of examples (HYPOTHESIS_PROFILE=ci), so that a
+# submission lands or not on its own merits; local runs keep drawing new examples.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("HYPOTHESIS_PROFILE"):
+    settings.load_profile(os.environ["HYPOTHESIS_PROFILE"])
 
 CUDA_AVAILABLE = torch.cuda.is_available()
 NO_CUDA_REASON = "no CUDA GPU visible"
@@ -85,7 +93,9 @@ def with_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
         buffer = torch.zeros(n, 2 * c, h, w + 1, dtype=t.dtype, device=t.device)
         buffer[:, ::2, :, :w] = t
         out = buffer[:, ::2, :, :w]
-        assert not out.is_contiguous() and not out.is_contiguous(memory_format=torch.channels_last)
+        # Only a size-1 batch, channel and height leave the view contiguous anyway.
+        if any(size > 1 for size in t.shape[:3]):
+            assert not out.is_contiguous() and not out.is_contiguous(memory_format=torch.channels_last)
     elif layout == "transposed":
         out = t.transpose(2, 3).contiguous().transpose(2, 3)
         if t.size(2) > 1 and t.size(3) > 1:

@@ -5,7 +5,7 @@ from typing import List, Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-__all__ = ["conv2d_relu", "lstm_cell", "lstm_layer"]
+__all__ = ["conv2d_relu", "lstm_cell", "lstm_layer", "scaled_dot_product_attention"]
 
 
 def _int(value, name: str, given) -> int:
@@ -142,3 +142,57 @@ def lstm_layer(
     if batch_first:
         output = output.transpose(0, 1)
     return output, (h, c)
+
+
+def scaled_dot_product_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: Optional[torch.Tensor] = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: Optional[float] = None,
+    key_padding_mask: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """softmax(query key^T * scale + mask) value, fused and tiled (memory linear in the
+    sequence length): F.scaled_dot_product_attention's arguments, plus key_padding_mask.
+
+    query (..., L, E), key (..., S, E), value (..., S, Ev) with the same leading (batch,
+    heads) dimensions, 3-D or 4-D. The two mask conventions, as in PyTorch:
+
+    ================  =====================================  ==============================
+    mask              True means                             float values
+    ================  =====================================  ==============================
+    attn_mask         may attend (F.scaled_dot_product_...)  added to the scores
+    key_padding_mask  padded: never attended (nn.MHA)         added to the scores
+    ================  =====================================  ==============================
+
+    attn_mask broadcasts to (B, H, L, S); key_padding_mask is (B, S). is_causal masks keys
+    after the query's position (top-left aligned). A query row whose keys are all masked
+    returns zeros and zero gradients (PyTorch returns NaN there). The gradient of a
+    floating-point attn_mask that requires grad is returned, summed over its broadcast
+    dimensions. Runs torch.ops.dll_ext.attention.
+    """
+    if dropout_p != 0.0:
+        raise NotImplementedError("scaled_dot_product_attention: dropout_p > 0 is not supported yet")
+    if query.dim() not in (3, 4):
+        raise ValueError(f"scaled_dot_product_attention: query must be 3-D or 4-D, but got shape {tuple(query.shape)}")
+    unbatched_heads = query.dim() == 3
+    if unbatched_heads:
+        query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
+        if attn_mask is not None and attn_mask.dim() == 3:
+            attn_mask = attn_mask.unsqueeze(1)
+    if attn_mask is not None and attn_mask.is_floating_point() and attn_mask.dtype != query.dtype:
+        attn_mask = attn_mask.to(query.dtype)
+    if key_padding_mask is not None and key_padding_mask.dtype != torch.bool:
+        # An additive key-padding mask joins the additive attn_mask.
+        padding = key_padding_mask.to(query.dtype)[:, None, None, :]
+        if attn_mask is None:
+            attn_mask = padding
+        elif attn_mask.dtype == torch.bool:
+            attn_mask = torch.zeros_like(attn_mask, dtype=query.dtype).masked_fill(~attn_mask, float("-inf")) + padding
+        else:
+            attn_mask = attn_mask + padding
+        key_padding_mask = None
+    out = torch.ops.dll_ext.attention(query, key, value, attn_mask, key_padding_mask, is_causal, scale)
+    return out.squeeze(1) if unbatched_heads else out

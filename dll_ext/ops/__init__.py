@@ -4,7 +4,7 @@ Importing this registers, for every op, the shape-and-layout function that torch
 torch.export and opcheck run on fake tensors. C++ (csrc/library.cpp) names this module, so
 torch imports it by itself when an op is met without it.
 """
-from dll_ext.ops import conv_relu, lstm
+from dll_ext.ops import attention, conv_relu, lstm
 
 # Each public op of torch.ops.dll_ext, with its internal ops (forward with saved state, backward).
 OPS = {
@@ -12,6 +12,7 @@ OPS = {
     "lstm_cell": ["_lstm_cell_forward", "lstm_cell_backward"],
     "lstm_layer": ["_lstm_layer_forward", "lstm_layer_backward"],
     "lstm_layer_packed": ["_lstm_layer_forward", "lstm_layer_backward"],
+    "attention": ["_attention_forward", "attention_backward"],
 }
 
-__all__ = ["OPS", "conv_relu", "lstm"]
+__all__ = ["OPS", "attention", "conv_relu", "lstm"]

@@ -6,30 +6,12 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
+#include "common/autograd.h"
+
 namespace dll_ext::lstm {
 namespace {
 
 using OptTensor = std::optional<at::Tensor>;
-
-template <typename Signature>
-c10::TypedOperatorHandle<Signature> find_op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
-}
-
-const OptTensor& as_optional(const OptTensor& t) { return t; }
-OptTensor as_optional(const at::Tensor& t) { return t; }
-
-// The fused backward ops are not themselves differentiable: refuse to build a graph through
-// them rather than return second derivatives that miss terms.
-template <typename... Tensors>
-void refuse_double_backward(const char* op, const Tensors&... tensors) {
-  const bool differentiable =
-      (... || [](const OptTensor& t) { return t.has_value() && t->requires_grad(); }(as_optional(tensors)));
-  TORCH_CHECK(!(at::GradMode::is_enabled() && differentiable), op, ": double backward (create_graph=True through ",
-              op, ") is not supported");
-}
-
-OptTensor optional(const at::Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> call_forward(const at::Tensor& input,
                                                             const at::Tensor& hx,

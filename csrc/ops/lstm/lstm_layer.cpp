@@ -186,7 +186,7 @@ at::Tensor state_before(const at::Tensor& packed, const at::Tensor& initial, con
 // call). Elsewhere, or without oneDNN, at::addmm / at::mm.
 // An op of another library if this build of torch registers it with the expected number of
 // arguments; called boxed, so that the C++ types of its registration need not match ours.
-std::optional<c10::OperatorHandle> find_op(const char* name, const char* overload, size_t arguments) {
+std::optional<c10::OperatorHandle> find_optional_op(const char* name, const char* overload, size_t arguments) {
   auto op = c10::Dispatcher::singleton().findSchema({name, overload});
   if (op && op->schema().arguments().size() != arguments) op.reset();
   return op;
@@ -200,7 +200,7 @@ at::Tensor call_boxed(const c10::OperatorHandle& op, std::vector<c10::IValue> st
 class RecurrentGemm {
  public:
   RecurrentGemm(const at::Tensor& w, int64_t batch) {
-    static const auto reorder = find_op("mkldnn::_reorder_linear_weight", "", 2);
+    static const auto reorder = find_optional_op("mkldnn::_reorder_linear_weight", "", 2);
     use_onednn_ = w.device().is_cpu() && w.scalar_type() == at::kFloat && batch > 0 && w.numel() > 0 &&
                   reorder && linear() && linear_add() && at::globalContext().userEnabledMkldnn();
     weight_ = use_onednn_ ? call_boxed(*reorder, {w.contiguous(), batch}) : w.t();
@@ -219,11 +219,11 @@ class RecurrentGemm {
 
  private:
   static const std::optional<c10::OperatorHandle>& linear() {
-    static const auto op = find_op("mkldnn::_linear_pointwise", "", 6);
+    static const auto op = find_optional_op("mkldnn::_linear_pointwise", "", 6);
     return op;
   }
   static const std::optional<c10::OperatorHandle>& linear_add() {
-    static const auto op = find_op("mkldnn::_linear_pointwise", "binary", 5);
+    static const auto op = find_optional_op("mkldnn::_linear_pointwise", "binary", 5);
     return op;
   }
 

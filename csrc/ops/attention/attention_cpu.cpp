@@ -1,0 +1,316 @@
+// CPU kernels of the attention ops. Work is cut into tiles of kQueryBlock queries by kKeyBlock
+// keys; the GEMMs of a tile call BLAS directly (common/blas.h), without the dispatcher's
+// per-call cost. Tiles whose every score is masked (above the causal diagonal, all keys
+// padded, an all-False block of a boolean mask) are skipped before their GEMM. Forward is
+// parallel over (batch, head, query block); backward over (batch, head), so that each task
+// owns the key and value gradients it accumulates.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "common/blas.h"
+#include "common/fast_math.h"
+#include "ops/attention/attention.h"
+
+namespace dll_ext::attention {
+namespace {
+
+using blas::gemm;
+constexpr bool kNoTranspose = false, kTranspose = true;
+
+constexpr int64_t kQueryBlock = 64;
+constexpr int64_t kKeyBlock = 128;
+
+template <typename T>
+constexpr T kNegInf = -std::numeric_limits<T>::infinity();
+
+template <typename T>
+T exp_of(T x) {
+  if constexpr (std::is_same_v<T, float>) return exp_vectorisable(x);
+  return std::exp(x);
+}
+
+// A (B, H, rows, features) tensor whose rows the GEMMs can address: unit stride along the
+// features and a row stride of at least a row. Other layouts are copied once.
+at::Tensor gemm_ready(const at::Tensor& t) {
+  const bool ok = t.stride(3) == 1 && t.stride(2) >= std::max<int64_t>(1, t.size(3));
+  return ok ? t : t.contiguous();
+}
+
+// Raw views of one call: the inputs' rows of head (b, h) and the masks.
+template <typename T>
+struct Call {
+  const Problem& p;
+  at::Tensor q, k, v;
+  const bool* bool_mask = nullptr;
+  const T* add_mask = nullptr;
+  std::array<int64_t, 4> mask_strides{};
+  const bool* padding = nullptr;
+
+  Call(const Problem& problem, const at::Tensor& q_, const at::Tensor& k_, const at::Tensor& v_)
+      : p(problem), q(gemm_ready(q_)), k(gemm_ready(k_)), v(gemm_ready(v_)) {
+    if (p.attn.defined()) {
+      if (p.attn.scalar_type() == at::kBool) {
+        bool_mask = p.attn.const_data_ptr<bool>();
+      } else {
+        add_mask = p.attn.const_data_ptr<T>();
+      }
+      for (int d = 0; d < 4; ++d) mask_strides[d] = p.attn.stride(d);
+    }
+    if (p.key_padding.defined()) padding = p.key_padding.const_data_ptr<bool>();
+  }
+
+  const T* head_rows(const at::Tensor& t, int64_t b, int64_t h, int64_t first) const {
+    return t.const_data_ptr<T>() + b * t.stride(0) + h * t.stride(1) + first * t.stride(2);
+  }
+
+  int64_t mask_offset(int64_t b, int64_t h, int64_t i, int64_t j) const {
+    return b * mask_strides[0] + h * mask_strides[1] + i * mask_strides[2] + j * mask_strides[3];
+  }
+
+  // Whether every score of the tile is masked, decided without computing it.
+  bool tile_masked(int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t j0, int64_t cols) const {
+    if (p.causal && j0 > i0 + rows - 1) return true;
+    if (padding) {
+      const bool* pad = padding + b * p.keys + j0;
+      bool all = true;
+      for (int64_t c = 0; c < cols && all; ++c) all = pad[c];
+      if (all) return true;
+    }
+    if (bool_mask) {
+      for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t c = 0; c < cols; ++c) {
+          if (bool_mask[mask_offset(b, h, i0 + r, j0 + c)]) return false;
+        }
+      }
+      return true;
+    }
+    return false;
+  }
+
+  // scores (rows x cols, leading dimension kKeyBlock) = scale * q k^T with the masks applied:
+  // masked scores are -inf, an additive mask is added.
+  void scores(int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t j0, int64_t cols, T* s) const {
+    // Row-major S = Q K^T is column-major S^T = K Q^T.
+    gemm(kTranspose, kNoTranspose, cols, rows, p.head_dim, static_cast<T>(p.scale),
+         head_rows(k, b, h, j0), k.stride(2), head_rows(q, b, h, i0), q.stride(2), T(0), s, kKeyBlock);
+    const bool* pad = padding ? padding + b * p.keys + j0 : nullptr;
+    for (int64_t r = 0; r < rows; ++r) {
+      T* row = s + r * kKeyBlock;
+      const int64_t i = i0 + r;
+      if (add_mask) {
+        for (int64_t c = 0; c < cols; ++c) row[c] += add_mask[mask_offset(b, h, i, j0 + c)];
+      }
+      if (bool_mask) {
+        for (int64_t c = 0; c < cols; ++c) {
+          if (!bool_mask[mask_offset(b, h, i, j0 + c)]) row[c] = kNegInf<T>;
+        }
+      }
+      if (pad) {
+        for (int64_t c = 0; c < cols; ++c) row[c] = pad[c] ? kNegInf<T> : row[c];
+      }
+      if (p.causal) {
+        for (int64_t c = std::max<int64_t>(0, i + 1 - j0); c < cols; ++c) row[c] = kNegInf<T>;
+      }
+    }
+  }
+};
+
+// The online-softmax update of one tile's row: s becomes the row's probabilities relative
+// to the new running max; returns the factor by which earlier sums and outputs shrink.
+template <typename T>
+T softmax_update(T* s, int64_t cols, T& max, T& sum) {
+  T tile_max = kNegInf<T>;
+  for (int64_t c = 0; c < cols; ++c) tile_max = s[c] > tile_max ? s[c] : tile_max;
+  const T new_max = tile_max > max ? tile_max : max;
+  if (new_max == kNegInf<T>) {  // nothing unmasked in this row yet
+    for (int64_t c = 0; c < cols; ++c) s[c] = T(0);
+    return T(1);
+  }
+  const T shrink = max == kNegInf<T> ? T(0) : exp_of(max - new_max);
+  T tile_sum = 0;
+  for (int64_t c = 0; c < cols; ++c) {
+    const T e = s[c] == kNegInf<T> ? T(0) : exp_of(s[c] - new_max);
+    s[c] = e;
+    tile_sum += e;
+  }
+  sum = sum * shrink + tile_sum;
+  max = new_max;
+  return shrink;
+}
+
+template <typename T>
+void forward_kernel(const Call<T>& call, at::Tensor& out, at::Tensor& lse) {
+  const Problem& p = call.p;
+  const int64_t query_blocks = (p.queries + kQueryBlock - 1) / kQueryBlock;
+  T* out_data = out.data_ptr<T>();
+  T* lse_data = lse.data_ptr<T>();
+  at::parallel_for(0, p.batch * p.heads * query_blocks, 1, [&](int64_t first, int64_t last) {
+    std::vector<T> s(kQueryBlock * kKeyBlock), max(kQueryBlock), sum(kQueryBlock);
+    for (int64_t task = first; task < last; ++task) {
+      const int64_t bh = task / query_blocks, b = bh / p.heads, h = bh % p.heads;
+      const int64_t i0 = (task % query_blocks) * kQueryBlock, rows = std::min(kQueryBlock, p.queries - i0);
+      // The output rows accumulate the unnormalised sum of probabilities times values.
+      T* acc = out_data + (bh * p.queries + i0) * p.value_dim;
+      std::fill(acc, acc + rows * p.value_dim, T(0));
+      std::fill(max.begin(), max.end(), kNegInf<T>);
+      std::fill(sum.begin(), sum.end(), T(0));
+      for (int64_t j0 = 0; j0 < p.keys; j0 += kKeyBlock) {
+        const int64_t cols = std::min(kKeyBlock, p.keys - j0);
+        if (call.tile_masked(b, h, i0, rows, j0, cols)) continue;
+        call.scores(b, h, i0, rows, j0, cols, s.data());
+        for (int64_t r = 0; r < rows; ++r) {
+          const T shrink = softmax_update(s.data() + r * kKeyBlock, cols, max[r], sum[r]);
+          if (shrink != T(1)) {
+            for (int64_t e = 0; e < p.value_dim; ++e) acc[r * p.value_dim + e] *= shrink;
+          }
+        }
+        // Row-major acc += P V is column-major acc^T += V^T P^T.
+        gemm(kNoTranspose, kNoTranspose, p.value_dim, rows, cols, T(1),
+             call.head_rows(call.v, b, h, j0), call.v.stride(2), s.data(), kKeyBlock, T(1), acc, p.value_dim);
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        // A row whose every key is masked: output 0 and an infinite log-sum-exp, so that the
+        // backward's probabilities exp(score - lse) are 0 there too.
+        const T inverse = sum[r] > T(0) ? T(1) / sum[r] : T(0);
+        for (int64_t e = 0; e < p.value_dim; ++e) acc[r * p.value_dim + e] *= inverse;
+        lse_data[bh * p.queries + i0 + r] =
+            sum[r] > T(0) ? max[r] + std::log(sum[r]) : std::numeric_limits<T>::infinity();
+      }
+    }
+  });
+}
+
+template <typename T>
+void backward_kernel(const Call<T>& call, const at::Tensor& grad_out, const at::Tensor& out,
+                     const at::Tensor& lse, at::Tensor& grad_q, at::Tensor& grad_k, at::Tensor& grad_v,
+                     at::Tensor& grad_mask) {
+  const Problem& p = call.p;
+  const T* dout = grad_out.const_data_ptr<T>();
+  const T* o = out.const_data_ptr<T>();
+  const T* lse_data = lse.const_data_ptr<T>();
+  T* dq = grad_q.data_ptr<T>();
+  T* dk = grad_k.data_ptr<T>();
+  T* dv = grad_v.data_ptr<T>();
+  T* dmask = grad_mask.defined() ? grad_mask.data_ptr<T>() : nullptr;
+  const T scale = static_cast<T>(p.scale);
+  at::parallel_for(0, p.batch * p.heads, 1, [&](int64_t first, int64_t last) {
+    std::vector<T> s(kQueryBlock * kKeyBlock), dp(kQueryBlock * kKeyBlock), delta(kQueryBlock);
+    for (int64_t bh = first; bh < last; ++bh) {
+      const int64_t b = bh / p.heads, h = bh % p.heads;
+      for (int64_t i0 = 0; i0 < p.queries; i0 += kQueryBlock) {
+        const int64_t rows = std::min(kQueryBlock, p.queries - i0);
+        const int64_t q_row = (bh * p.queries + i0);
+        const T* dout_i = dout + q_row * p.value_dim;
+        // delta_i = sum_e dO_ie O_ie, the row's term of the softmax's backward.
+        for (int64_t r = 0; r < rows; ++r) {
+          T acc = 0;
+          for (int64_t e = 0; e < p.value_dim; ++e) acc += dout_i[r * p.value_dim + e] * o[(q_row + r) * p.value_dim + e];
+          delta[r] = acc;
+        }
+        for (int64_t j0 = 0; j0 < p.keys; j0 += kKeyBlock) {
+          const int64_t cols = std::min(kKeyBlock, p.keys - j0);
+          if (call.tile_masked(b, h, i0, rows, j0, cols)) continue;
+          call.scores(b, h, i0, rows, j0, cols, s.data());
+          for (int64_t r = 0; r < rows; ++r) {
+            T* row = s.data() + r * kKeyBlock;
+            const T row_lse = lse_data[q_row + r];
+            for (int64_t c = 0; c < cols; ++c) {
+              row[c] = (row[c] == kNegInf<T> || row_lse == -kNegInf<T>) ? T(0) : exp_of(row[c] - row_lse);
+            }
+          }
+          const int64_t k_row = bh * p.keys + j0;
+          // dV_j += P^T dO_i (column-major: dV^T += dO^T P).
+          gemm(kNoTranspose, kTranspose, p.value_dim, cols, rows, T(1), dout_i,
+               p.value_dim, s.data(), kKeyBlock, T(1), dv + k_row * p.value_dim, p.value_dim);
+          // dP = dO_i V_j^T (column-major: dP^T = V dO^T).
+          gemm(kTranspose, kNoTranspose, cols, rows, p.value_dim, T(1),
+               call.head_rows(call.v, b, h, j0), call.v.stride(2), dout_i, p.value_dim, T(0), dp.data(), kKeyBlock);
+          // dS = P (dP - delta), in place of dP.
+          for (int64_t r = 0; r < rows; ++r) {
+            T* d = dp.data() + r * kKeyBlock;
+            const T* prob = s.data() + r * kKeyBlock;
+            for (int64_t c = 0; c < cols; ++c) d[c] = prob[c] * (d[c] - delta[r]);
+            if (dmask) std::copy(d, d + cols, dmask + ((bh * p.queries + i0 + r) * p.keys + j0));
+          }
+          // dQ_i += scale dS K_j (column-major: dQ^T += K^T dS^T).
+          gemm(kNoTranspose, kNoTranspose, p.head_dim, rows, cols, scale,
+               call.head_rows(call.k, b, h, j0), call.k.stride(2), dp.data(), kKeyBlock, T(1),
+               dq + q_row * p.head_dim, p.head_dim);
+          // dK_j += scale dS^T Q_i (column-major: dK^T += Q^T dS).
+          gemm(kNoTranspose, kTranspose, p.head_dim, cols, rows, scale,
+               call.head_rows(call.q, b, h, i0), call.q.stride(2), dp.data(), kKeyBlock, T(1),
+               dk + k_row * p.head_dim, p.head_dim);
+        }
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> attention_forward_cpu(const at::Tensor& q, const at::Tensor& k,
+                                                         const at::Tensor& v,
+                                                         const std::optional<at::Tensor>& attn_mask,
+                                                         const std::optional<at::Tensor>& key_padding_mask,
+                                                         bool is_causal, std::optional<double> scale) {
+  const Problem p = check_and_resolve("attention", q, k, v, attn_mask, key_padding_mask, is_causal, scale);
+  at::Tensor out = at::empty({p.batch, p.heads, p.queries, p.value_dim}, q.options());
+  at::Tensor lse = at::empty({p.batch, p.heads, p.queries}, q.options());
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "attention_forward_cpu", [&] {
+    forward_kernel<scalar_t>(Call<scalar_t>(p, q, k, v), out, lse);
+  });
+  return {out, lse};
+}
+
+at::Tensor attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                         const std::optional<at::Tensor>& attn_mask,
+                         const std::optional<at::Tensor>& key_padding_mask, bool is_causal,
+                         std::optional<double> scale) {
+  return std::get<0>(attention_forward_cpu(q, k, v, attn_mask, key_padding_mask, is_causal, scale));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, std::optional<at::Tensor>> attention_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& out, const at::Tensor& lse, const std::optional<at::Tensor>& attn_mask,
+    const std::optional<at::Tensor>& key_padding_mask, bool is_causal, std::optional<double> scale,
+    bool mask_grad) {
+  constexpr const char* op = "attention_backward";
+  const Problem p = check_and_resolve(op, q, k, v, attn_mask, key_padding_mask, is_causal, scale);
+  const std::vector<int64_t> out_sizes{p.batch, p.heads, p.queries, p.value_dim};
+  for (const auto& [t, name] : {std::pair{&grad_out, "grad_out"}, {&out, "out"}}) {
+    TORCH_CHECK_VALUE(t->sizes() == at::IntArrayRef(out_sizes), op, ": ", name, " must have shape ",
+                      at::IntArrayRef(out_sizes), ", but got ", t->sizes());
+    TORCH_CHECK_TYPE(t->scalar_type() == q.scalar_type() && t->device() == q.device(), op, ": ", name,
+                     " must match query's dtype and device");
+  }
+  TORCH_CHECK_VALUE(lse.sizes() == at::IntArrayRef({p.batch, p.heads, p.queries}) &&
+                        lse.scalar_type() == q.scalar_type(),
+                    op, ": lse must have shape (batch, heads, L) and query's dtype, but got ", lse.sizes());
+  TORCH_CHECK_VALUE(!mask_grad || (p.attn.defined() && p.attn.scalar_type() != at::kBool), op,
+                    ": mask_grad needs a floating-point attn_mask");
+  at::Tensor grad_q = at::zeros({p.batch, p.heads, p.queries, p.head_dim}, q.options());
+  at::Tensor grad_k = at::zeros({p.batch, p.heads, p.keys, p.head_dim}, q.options());
+  at::Tensor grad_v = at::zeros({p.batch, p.heads, p.keys, p.value_dim}, q.options());
+  at::Tensor grad_mask = mask_grad ? at::zeros({p.batch, p.heads, p.queries, p.keys}, q.options()) : at::Tensor();
+  const at::Tensor dout = grad_out.contiguous(), o = out.contiguous(), l = lse.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "attention_backward_cpu", [&] {
+    backward_kernel<scalar_t>(Call<scalar_t>(p, q, k, v), dout, o, l, grad_q, grad_k, grad_v, grad_mask);
+  });
+  std::optional<at::Tensor> mask_gradient;
+  if (mask_grad) mask_gradient = at::sum_to(grad_mask, attn_mask->sizes());
+  return {grad_q, grad_k, grad_v, mask_gradient};
+}
+
+}  // namespace
+}  // namespace dll_ext::attention
+
+TORCH_LIBRARY_IMPL(dll_ext, CPU, m) {
+  m.impl("attention", &dll_ext::attention::attention_cpu);
+  m.impl("_attention_forward", &dll_ext::attention::attention_forward_cpu);
+  m.impl("attention_backward", &dll_ext::attention::attention_backward_cpu);
+}

@@ -10,12 +10,14 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <type_traits>
 #include <vector>
 
 #include "common/blas.h"
 #include "common/fast_math.h"
+#include "common/host_device.h"
 #include "ops/attention/attention.h"
 
 namespace dll_ext::attention {
@@ -31,7 +33,7 @@ template <typename T>
 constexpr T kNegInf = -std::numeric_limits<T>::infinity();
 
 template <typename T>
-T exp_of(T x) {
+DLL_HOST_DEVICE T exp_of(T x) {
   if constexpr (std::is_same_v<T, float>) return exp_vectorisable(x);
   return std::exp(x);
 }
@@ -41,6 +43,46 @@ T exp_of(T x) {
 at::Tensor gemm_ready(const at::Tensor& t) {
   const bool ok = t.stride(3) == 1 && t.stride(2) >= std::max<int64_t>(1, t.size(3));
   return ok ? t : t.contiguous();
+}
+
+// value where keep, else -inf, without a branch (a bit blend on the float's bits): with a
+// select on a bool the compiler emitted a scalar branchy loop.
+template <typename T>
+DLL_HOST_DEVICE T keep_or_neg_inf(T value, bool keep) {
+  using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+  Bits v, inf;
+  const T neg_inf = kNegInf<T>;
+  __builtin_memcpy(&v, &value, sizeof(T));
+  __builtin_memcpy(&inf, &neg_inf, sizeof(T));
+  const Bits all = Bits(0) - static_cast<Bits>(keep);
+  const Bits blended = (v & all) | (inf & ~all);
+  T out;
+  __builtin_memcpy(&out, &blended, sizeof(T));
+  return out;
+}
+
+// The masks of one row of scores, in place: an additive mask is added, disallowed (bool
+// False), padded and causally excluded scores become -inf. Mask pointers are at the row's
+// first key; `stride` steps along the keys of an expanded attn_mask (0 where it broadcasts).
+template <typename T>
+DLL_CPU_CLONES void mask_row(T* row, int64_t cols, const bool* allowed, const T* added, int64_t stride,
+                             const bool* padded, int64_t causal_from) {
+  // Unit stride (a mask that does not broadcast along the keys) gets its own loops, which
+  // vectorise; a broadcast one is a constant along the row.
+  if (added && stride == 1) {
+    for (int64_t c = 0; c < cols; ++c) row[c] += added[c];
+  } else if (added) {
+    for (int64_t c = 0; c < cols; ++c) row[c] += added[c * stride];
+  }
+  if (allowed && stride == 1) {
+    for (int64_t c = 0; c < cols; ++c) row[c] = keep_or_neg_inf(row[c], allowed[c]);
+  } else if (allowed) {
+    for (int64_t c = 0; c < cols; ++c) row[c] = keep_or_neg_inf(row[c], allowed[c * stride]);
+  }
+  if (padded) {
+    for (int64_t c = 0; c < cols; ++c) row[c] = keep_or_neg_inf(row[c], !padded[c]);
+  }
+  for (int64_t c = causal_from; c < cols; ++c) row[c] = kNegInf<T>;
 }
 
 // Raw views of one call: the inputs' rows of head (b, h) and the masks.
@@ -102,22 +144,11 @@ struct Call {
          head_rows(k, b, h, j0), k.stride(2), head_rows(q, b, h, i0), q.stride(2), T(0), s, kKeyBlock);
     const bool* pad = padding ? padding + b * p.keys + j0 : nullptr;
     for (int64_t r = 0; r < rows; ++r) {
-      T* row = s + r * kKeyBlock;
-      const int64_t i = i0 + r;
-      if (add_mask) {
-        for (int64_t c = 0; c < cols; ++c) row[c] += add_mask[mask_offset(b, h, i, j0 + c)];
-      }
-      if (bool_mask) {
-        for (int64_t c = 0; c < cols; ++c) {
-          if (!bool_mask[mask_offset(b, h, i, j0 + c)]) row[c] = kNegInf<T>;
-        }
-      }
-      if (pad) {
-        for (int64_t c = 0; c < cols; ++c) row[c] = pad[c] ? kNegInf<T> : row[c];
-      }
-      if (p.causal) {
-        for (int64_t c = std::max<int64_t>(0, i + 1 - j0); c < cols; ++c) row[c] = kNegInf<T>;
-      }
+      const int64_t i = i0 + r, at = mask_offset(b, h, i, j0);
+      // Keys after the query's position are masked under is_causal (top-left aligned).
+      const int64_t causal_from = p.causal ? std::clamp<int64_t>(i + 1 - j0, 0, cols) : cols;
+      mask_row(s + r * kKeyBlock, cols, bool_mask ? bool_mask + at : nullptr, add_mask ? add_mask + at : nullptr,
+               mask_strides[3], pad, causal_from);
     }
   }
 };
@@ -125,7 +156,7 @@ struct Call {
 // The online-softmax update of one tile's row: s becomes the row's probabilities relative
 // to the new running max; returns the factor by which earlier sums and outputs shrink.
 template <typename T>
-T softmax_update(T* s, int64_t cols, T& max, T& sum) {
+DLL_CPU_CLONES T softmax_update(T* s, int64_t cols, T& max, T& sum) {
   T tile_max = kNegInf<T>;
   for (int64_t c = 0; c < cols; ++c) tile_max = s[c] > tile_max ? s[c] : tile_max;
   const T new_max = tile_max > max ? tile_max : max;
@@ -143,6 +174,23 @@ T softmax_update(T* s, int64_t cols, T& max, T& sum) {
   sum = sum * shrink + tile_sum;
   max = new_max;
   return shrink;
+}
+
+// Backward: a row of scores becomes its probabilities exp(score - lse) (0 where masked, and
+// in rows whose every key is masked, which have lse = +inf).
+template <typename T>
+DLL_CPU_CLONES void probabilities_row(T* row, int64_t cols, T lse) {
+  if (lse == -kNegInf<T>) {
+    for (int64_t c = 0; c < cols; ++c) row[c] = T(0);
+    return;
+  }
+  for (int64_t c = 0; c < cols; ++c) row[c] = row[c] == kNegInf<T> ? T(0) : exp_of(row[c] - lse);
+}
+
+// dS = P (dP - delta), in place of dP.
+template <typename T>
+DLL_CPU_CLONES void score_gradient_row(T* __restrict__ dp, const T* __restrict__ prob, int64_t cols, T delta) {
+  for (int64_t c = 0; c < cols; ++c) dp[c] = prob[c] * (dp[c] - delta);
 }
 
 template <typename T>
@@ -218,13 +266,7 @@ void backward_kernel(const Call<T>& call, const at::Tensor& grad_out, const at::
           const int64_t cols = std::min(kKeyBlock, p.keys - j0);
           if (call.tile_masked(b, h, i0, rows, j0, cols)) continue;
           call.scores(b, h, i0, rows, j0, cols, s.data());
-          for (int64_t r = 0; r < rows; ++r) {
-            T* row = s.data() + r * kKeyBlock;
-            const T row_lse = lse_data[q_row + r];
-            for (int64_t c = 0; c < cols; ++c) {
-              row[c] = (row[c] == kNegInf<T> || row_lse == -kNegInf<T>) ? T(0) : exp_of(row[c] - row_lse);
-            }
-          }
+          for (int64_t r = 0; r < rows; ++r) probabilities_row(s.data() + r * kKeyBlock, cols, lse_data[q_row + r]);
           const int64_t k_row = bh * p.keys + j0;
           // dV_j += P^T dO_i (column-major: dV^T += dO^T P).
           gemm(kNoTranspose, kTranspose, p.value_dim, cols, rows, T(1), dout_i,
@@ -235,8 +277,7 @@ void backward_kernel(const Call<T>& call, const at::Tensor& grad_out, const at::
           // dS = P (dP - delta), in place of dP.
           for (int64_t r = 0; r < rows; ++r) {
             T* d = dp.data() + r * kKeyBlock;
-            const T* prob = s.data() + r * kKeyBlock;
-            for (int64_t c = 0; c < cols; ++c) d[c] = prob[c] * (d[c] - delta[r]);
+            score_gradient_row(d, s.data() + r * kKeyBlock, cols, delta[r]);
             if (dmask) std::copy(d, d + cols, dmask + ((bh * p.queries + i0 + r) * p.keys + j0));
           }
           // dQ_i += scale dS K_j (column-major: dQ^T += K^T dS^T).

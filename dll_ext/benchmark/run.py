@@ -17,6 +17,7 @@ OPS: Dict[str, str] = {
     "conv2d_relu": "dll_ext.benchmark.conv_relu",
     "lstm_cell": "dll_ext.benchmark.lstm_cell",
     "lstm_layer": "dll_ext.benchmark.lstm_layer",
+    "attention": "dll_ext.benchmark.attention",
 }
 
 

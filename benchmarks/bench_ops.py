@@ -1,7 +1,7 @@
-"""conv2d_relu as pytest-benchmark tests: the cases of dll_ext.benchmark.conv_relu.
+"""Every op's quick benchmark cases (those of `dll-ext bench --quick`) as pytest-benchmark tests.
 
 Each case runs twice, impl=ours and impl=native, in one benchmark group named after the case
-("cpu-resnet/fwd"), so pytest-benchmark compares the two; `--benchmark-group-by=param:case` gives
+("cpu-conv2d_relu-resnet/fwd"), so pytest-benchmark compares the two; `--benchmark-group-by=param:case` gives
 the same grouping. CUDA cases are skipped without a GPU. The torch.compile baseline is left to
 `dll-ext bench`, whose compile warm-up does not fit pytest-benchmark's per-test calibration.
 
@@ -10,12 +10,13 @@ the same grouping. CUDA cases are skipped without a GPU. The torch.compile basel
 import pytest
 import torch
 
-from dll_ext.benchmark.conv_relu import cases
+from dll_ext.benchmark.run import collect_cases
 
 _NO_GPU = "CUDA is not available"
 # "device-case name" -> (device, Case); the test parameter is the key, so that
 # --benchmark-group-by=param:case prints readable group names.
-CASES = {f"{device}-{case.name}": (device, case) for device in ("cpu", "cuda") for case in cases(device, quick=True)}
+CASES = {f"{device}-{case.op}-{case.name}": (device, case) for device in ("cpu", "cuda")
+         for case in collect_cases(device, quick=True)}
 
 
 def _params():
@@ -26,7 +27,7 @@ def _params():
 
 @pytest.mark.parametrize("impl", ["ours", "native"])
 @pytest.mark.parametrize("case", _params())
-def test_conv2d_relu(benchmark, case, impl):
+def test_op(benchmark, case, impl):
     group, (device, case) = case, CASES[case]
     fn = getattr(case.setup(), impl)
     if device == "cuda":

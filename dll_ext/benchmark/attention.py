@@ -1,0 +1,66 @@
+"""attention cases: dll_ext.functional.scaled_dot_product_attention against
+F.scaled_dot_product_attention with the equivalent mask, forward+backward.
+
+Shape of the issue's CPU targets: B=8, H=8, E=64, L=S=512, float32 — causal; 25% of the keys
+padded (ours takes the key_padding_mask, SDPA the equivalent boolean mask); and a random
+boolean mask of density 50% with no empty row. The loss is the sum of the output times a
+fixed random tensor.
+"""
+from typing import List
+
+import torch
+import torch.nn.functional as F
+
+from dll_ext.benchmark.harness import Case, Impls
+
+OP = "attention"
+B, H, L, E = 8, 8, 512, 64
+
+
+def setup_case(kind: str, device: str) -> Impls:
+    from dll_ext.functional import scaled_dot_product_attention
+
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = [torch.randn(B, H, L, E, generator=generator).to(device).requires_grad_() for _ in range(3)]
+    grad = torch.randn(B, H, L, E, generator=generator).to(device)
+    ours_kwargs, native_kwargs = {}, {}
+    if kind == "causal":
+        ours_kwargs = native_kwargs = {"is_causal": True}
+    elif kind == "padding":
+        padded = torch.zeros(B, L, dtype=torch.bool, device=device)
+        padded[:, 3 * L // 4:] = True
+        ours_kwargs = {"key_padding_mask": padded}
+        native_kwargs = {"attn_mask": ~padded[:, None, None, :]}
+    else:
+        allowed = torch.rand(L, L, generator=generator) > 0.5
+        allowed[:, 0] = True
+        ours_kwargs = native_kwargs = {"attn_mask": allowed.to(device)}
+
+    def step(fn, kwargs):
+        def run():
+            for t in (q, k, v):
+                t.grad = None
+            (fn(q, k, v, **kwargs) * grad).sum().backward()
+
+        return run
+
+    return Impls(ours=step(scaled_dot_product_attention, ours_kwargs), native=step(F.scaled_dot_product_attention, native_kwargs))
+
+
+def _flops(kind: str) -> float:
+    # Forward 2 GEMMs (QK^T, PV), backward 5 (recomputed QK^T, dV, dP, dQ, dK), each
+    # 2 L S E per (batch, head), counted over the positions that are computed at all: half
+    # the score matrix under a causal mask, 3/4 of the keys with 25% padded.
+    share = {"causal": 0.5, "padding": 0.75, "random": 1.0}[kind]
+    return 7 * 2.0 * B * H * L * L * E * share
+
+
+TARGETS = {"causal": 1.0, "padding": 1.2, "random": 1.0}
+
+
+def cases(device: str = "cpu", quick: bool = False) -> List[Case]:
+    if device == "cuda":
+        return []  # the CUDA kernels are not written yet
+    return [Case(name=f"{kind}/L{L}/fwd+bwd", op=OP, shape=f"B{B} H{H} L=S{L} E{E}",
+                 setup=lambda kind=kind: setup_case(kind, device), flops=_flops(kind), target=TARGETS[kind])
+            for kind in ("causal", "padding", "random")]

@@ -175,8 +175,8 @@ def scaled_dot_product_attention(
     """
     if dropout_p != 0.0:
         raise NotImplementedError("scaled_dot_product_attention: dropout_p > 0 is not supported yet")
-    if query.dim() not in (3, 4):
-        raise ValueError(f"scaled_dot_product_attention: query must be 3-D or 4-D, but got shape {tuple(query.shape)}")
+    if query.dim() != 3 and query.dim() != 4:
+        raise ValueError(f"scaled_dot_product_attention: query must be 3-D or 4-D, but got shape {list(query.shape)}")
     unbatched_heads = query.dim() == 3
     if unbatched_heads:
         query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)

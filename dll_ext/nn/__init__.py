@@ -1,5 +1,6 @@
 """Drop-in replacements for torch.nn modules, backed by dll_ext's fused ops."""
+from dll_ext.nn.attention import MultiheadAttention
 from dll_ext.nn.conv_relu import Conv2dReLU, fuse_conv_relu
 from dll_ext.nn.lstm import LSTM, LSTMCell
 
-__all__ = ["Conv2dReLU", "LSTM", "LSTMCell", "fuse_conv_relu"]
+__all__ = ["Conv2dReLU", "LSTM", "LSTMCell", "MultiheadAttention", "fuse_conv_relu"]

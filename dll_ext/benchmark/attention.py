@@ -57,10 +57,45 @@ def _flops(kind: str) -> float:
 
 TARGETS = {"causal": 1.0, "padding": 1.2, "random": 1.0}
 
+# nn.MultiheadAttention self-attention: batch 16, L=256, d=512, 8 heads, need_weights=False.
+MHA_BATCH, MHA_L, MHA_D, MHA_HEADS = 16, 256, 512, 8
+
+
+def setup_mha(device: str) -> Impls:
+    import torch.nn as nn
+
+    from dll_ext.nn import MultiheadAttention
+
+    torch.manual_seed(0)
+    native = nn.MultiheadAttention(MHA_D, MHA_HEADS, batch_first=True, device=device)
+    ours = MultiheadAttention(MHA_D, MHA_HEADS, batch_first=True, device=device)
+    ours.load_state_dict(native.state_dict())
+    x = torch.randn(MHA_BATCH, MHA_L, MHA_D, device=device, requires_grad=True)
+    grad = torch.randn(MHA_BATCH, MHA_L, MHA_D, device=device)
+
+    def step(module):
+        def run():
+            module.zero_grad(set_to_none=True)
+            x.grad = None
+            (module(x, x, x, need_weights=False)[0] * grad).sum().backward()
+
+        return run
+
+    return Impls(ours=step(ours), native=step(native))
+
+
+def _mha_flops() -> float:
+    projections = 4 * 2.0 * MHA_BATCH * MHA_L * MHA_D * MHA_D  # q, k, v and output
+    attention = 2 * 2.0 * MHA_BATCH * MHA_L * MHA_L * MHA_D  # QK^T and PV over all heads
+    return 3 * projections + 3.5 * attention  # backward: 2x the projections, 2.5x the attention
+
 
 def cases(device: str = "cpu", quick: bool = False) -> List[Case]:
     if device == "cuda":
         return []  # the CUDA kernels are not written yet
-    return [Case(name=f"{kind}/L{L}/fwd+bwd", op=OP, shape=f"B{B} H{H} L=S{L} E{E}",
-                 setup=lambda kind=kind: setup_case(kind, device), flops=_flops(kind), target=TARGETS[kind])
-            for kind in ("causal", "padding", "random")]
+    result = [Case(name=f"{kind}/L{L}/fwd+bwd", op=OP, shape=f"B{B} H{H} L=S{L} E{E}",
+                   setup=lambda kind=kind: setup_case(kind, device), flops=_flops(kind), target=TARGETS[kind])
+              for kind in ("causal", "padding", "random")]
+    result.append(Case(name="mha/self/fwd+bwd", op=OP, shape=f"B{MHA_BATCH} L{MHA_L} d{MHA_D} heads{MHA_HEADS}",
+                       setup=lambda: setup_mha(device), flops=_mha_flops(), target=1.0))
+    return result

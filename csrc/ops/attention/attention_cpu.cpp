@@ -26,7 +26,7 @@ namespace {
 using blas::gemm;
 constexpr bool kNoTranspose = false, kTranspose = true;
 
-constexpr int64_t kQueryBlock = 64;
+constexpr int64_t kQueryBlock = 128;
 constexpr int64_t kKeyBlock = 128;
 
 template <typename T>

@@ -21,7 +21,7 @@ export TORCH_CUDA_ARCH_LIST="9.0" DLL_EXT_CUDA=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}
 step "build (sm_90)" python setup.py -q build_ext --inplace
 step "info" python -m dll_ext.cli info
 step "CUDA tests" python -m pytest -q -m cuda tests -p no:cacheprovider --junitxml="$out/cuda-tests.xml"
-step "op tests (all devices)" python -m pytest -q tests/test_conv_relu.py tests/test_lstm_cell.py tests/test_lstm_layer.py -p no:cacheprovider
+step "op tests (all devices)" python -m pytest -q tests/test_conv_relu.py tests/test_lstm_cell.py tests/test_lstm_layer.py tests/test_attention.py -p no:cacheprovider
 step "CUDA benchmark" python -m dll_ext.cli bench --device cuda --quick --out "$out/bench"
 echo "=== done, status $status"
 exit $status

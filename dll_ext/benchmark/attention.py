@@ -84,6 +84,29 @@ def setup_mha(device: str) -> Impls:
     return Impls(ours=step(ours), native=step(native))
 
 
+# Peak memory of a forward at L=S=4096 (no grad), against the naive softmax(q k^T) v, which
+# holds the (batch, H, L, S) scores and probabilities. Batch 1: both sides' memory grows
+# linearly with the batch, and the naive side takes seconds per call.
+MEMORY_L, MEMORY_BATCH = 4096, 1
+
+
+def setup_memory(device: str) -> Impls:
+    from dll_ext.functional import scaled_dot_product_attention
+
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = [torch.randn(MEMORY_BATCH, H, MEMORY_L, E, generator=generator).to(device) for _ in range(3)]
+
+    def ours():
+        with torch.no_grad():
+            scaled_dot_product_attention(q, k, v)
+
+    def naive():
+        with torch.no_grad():
+            torch.softmax(q @ k.transpose(-1, -2) * E**-0.5, -1) @ v
+
+    return Impls(ours=ours, native=naive)
+
+
 def _mha_flops() -> float:
     projections = 4 * 2.0 * MHA_BATCH * MHA_L * MHA_D * MHA_D  # q, k, v and output
     attention = 2 * 2.0 * MHA_BATCH * MHA_L * MHA_L * MHA_D  # QK^T and PV over all heads
@@ -96,6 +119,10 @@ def cases(device: str = "cpu", quick: bool = False) -> List[Case]:
     result = [Case(name=f"{kind}/L{L}/fwd+bwd", op=OP, shape=f"B{B} H{H} L=S{L} E{E}",
                    setup=lambda kind=kind: setup_case(kind, device), flops=_flops(kind), target=TARGETS[kind])
               for kind in ("causal", "padding", "random")]
+    if not quick:
+        result.append(Case(name=f"memory/L{MEMORY_L}/fwd vs naive", op=OP,
+                           shape=f"B{MEMORY_BATCH} H{H} L=S{MEMORY_L} E{E}", setup=lambda: setup_memory(device),
+                           flops=2 * 2.0 * MEMORY_BATCH * H * MEMORY_L * MEMORY_L * E, memory=True))
     result.append(Case(name="mha/self/fwd+bwd", op=OP, shape=f"B{MHA_BATCH} L{MHA_L} d{MHA_D} heads{MHA_HEADS}",
                        setup=lambda: setup_mha(device), flops=_mha_flops(), target=1.0))
     return result

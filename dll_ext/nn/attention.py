@@ -22,11 +22,10 @@ class MultiheadAttention(nn.MultiheadAttention):
     initialisation, state_dict, forward arguments and return values) whose attention is the
     fused, tiled dll_ext::attention op.
 
-    need_weights=True (nn.MultiheadAttention's default) returns the weights PyTorch returns,
-    computed on the side; the output still comes from the fused op. Pass need_weights=False
-    to skip them. In training with dropout > 0 the output and weights come from the explicit
-    softmax(q k^T) v with dropout on the weights, as nn.MultiheadAttention computes them (the
-    fused op has no dropout yet). A query whose keys are all masked gives zeros (output and
+    The fused op runs when need_weights=False (and no dropout acts). need_weights=True
+    (nn.MultiheadAttention's default) returns the weights PyTorch returns and the output is
+    computed from them, as nn.MultiheadAttention does; so is it in training with dropout > 0,
+    with dropout on the weights (the fused op has no dropout yet). A query whose keys are all masked gives zeros (output and
     weights) where nn.MultiheadAttention gives NaN.
     """
 
@@ -111,13 +110,14 @@ class MultiheadAttention(nn.MultiheadAttention):
         if causal:
             mask = None  # the hint says it is causal: tiles above the diagonal are then skipped
 
+        # The fused op when the weights are not wanted; when they are (or dropout acts on
+        # them), the output is computed from those same weights rather than a second time.
         dropout = self.dropout if self.training else 0.0
         weights: Optional[Tensor] = None
         if dropout > 0.0 or need_weights:
-            weights = self._weights(q, k, mask, key_padding_mask)
-        if dropout > 0.0 and weights is not None:
-            weights = F.dropout(weights, dropout)
-            out = weights @ v
+            probabilities = F.dropout(self._weights(q, k, mask, key_padding_mask), dropout)
+            out = probabilities @ v
+            weights = probabilities
         else:
             out = scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                                key_padding_mask=key_padding_mask)

@@ -171,10 +171,10 @@ def scaled_dot_product_attention(
     after the query's position (top-left aligned). A query row whose keys are all masked
     returns zeros and zero gradients (PyTorch returns NaN there). The gradient of a
     floating-point attn_mask that requires grad is returned, summed over its broadcast
-    dimensions. Runs torch.ops.dll_ext.attention.
+    dimensions. dropout_p drops attention probabilities (scaling the kept ones by
+    1 / (1 - dropout_p)) whenever it is > 0, as F.scaled_dot_product_attention does: pass
+    0.0 in evaluation. Runs torch.ops.dll_ext.attention.
     """
-    if dropout_p != 0.0:
-        raise NotImplementedError("scaled_dot_product_attention: dropout_p > 0 is not supported yet")
     if query.dim() != 3 and query.dim() != 4:
         raise ValueError(f"scaled_dot_product_attention: query must be 3-D or 4-D, but got shape {list(query.shape)}")
     unbatched_heads = query.dim() == 3
@@ -194,5 +194,10 @@ def scaled_dot_product_attention(
         else:
             attn_mask = attn_mask + padding
         key_padding_mask = None
-    out = torch.ops.dll_ext.attention(query, key, value, attn_mask, key_padding_mask, is_causal, scale)
+    # The dropout mask is a hash of this seed (drawn from torch's default generator, so
+    # torch.manual_seed makes runs repeat); the backward sees the same mask from it.
+    seed: Optional[torch.Tensor] = None
+    if dropout_p > 0.0:
+        seed = torch.randint(0, 1 << 62, [1], dtype=torch.int64)
+    out = torch.ops.dll_ext.attention(query, key, value, attn_mask, key_padding_mask, is_causal, scale, dropout_p, seed)
     return out.squeeze(1) if unbatched_heads else out

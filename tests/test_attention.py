@@ -139,10 +139,130 @@ def test_scale_argument():
     torch.testing.assert_close(attention(q, k, v, scale=0.7), reference(q, k, v, scale=0.7))
 
 
-def test_dropout_not_yet_supported_is_refused():
-    q, k, v = qkv(1, 1, 2, 2, 2, 2)
-    with pytest.raises(NotImplementedError, match="dropout_p"):
-        attention(q, k, v, dropout_p=0.1)
+# ========================================================================================
+# Dropout
+# ========================================================================================
+
+M32, M64 = (1 << 32) - 1, (1 << 64) - 1
+
+
+def _mix64(x):
+    x ^= x >> 30
+    x = x * 0xBF58476D1CE4E5B9 & M64
+    x ^= x >> 27
+    x = x * 0x94D049BB133111EB & M64
+    return x ^ (x >> 31)
+
+
+def _mul32(x, c):
+    # x * c mod 2^32 for an int64 tensor x < 2^32, in two halves so that no product overflows.
+    return (x * (c & 0xFFFF) + ((x * (c >> 16) & 0xFFFF) << 16)) & M32
+
+
+def _mix32(x):
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def dropout_keep(seed, B, H, L, S, p):
+    """The (B, H, L, S) bool mask of kept probabilities for a seed, written from the hash's
+    definition (csrc/ops/attention/attention_dropout.h) in Python integers."""
+    keys = [_mix64(seed ^ _mix64((row + 0x9E3779B97F4A7C15) & M64)) for row in range(B * H * L)]
+    first = torch.tensor([k & M32 for k in keys], dtype=torch.int64)[:, None]
+    second = torch.tensor([k >> 32 for k in keys], dtype=torch.int64)[:, None]
+    h = _mix32((_mix32(torch.arange(S)[None, :] ^ first) + second) & M32)
+    return (h >= min(round(p * 2**32), M32)).reshape(B, H, L, S)
+
+
+def dropout_reference(q, k, v, p, seed, attn_mask=None, key_padding_mask=None, is_causal=False):
+    """reference() with the probabilities dropped by dropout_keep and the kept ones scaled."""
+    B, H, L, S = *q.shape[:3], k.shape[2]
+    keep = dropout_keep(seed, B, H, L, S, p).double() / (1 - p)
+    eye = torch.eye(S, dtype=torch.float64)
+    # reference() of an identity value gives the probabilities themselves.
+    probabilities = reference(q, k, eye.expand(B, H, S, S), attn_mask, key_padding_mask, is_causal)
+    return (probabilities * keep) @ v.double()
+
+
+SEED = torch.tensor([123456789], dtype=torch.int64)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+@pytest.mark.parametrize("mask", ["none", "causal", "float_BHLS", "bool_padding_causal"])
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7, 4, 6), (1, 2, 130, 300, 16, 8)], ids=["small", "tiles"])
+def test_dropout_matches_reference_with_the_hashed_mask(shape, mask, p):
+    B, H, L, S, E, Ev = shape
+    q, k, v = qkv(*shape)
+    attn_mask, padding, causal = masks(mask, B, H, L, S, torch.float64)
+    out = torch.ops.dll_ext.attention(q, k, v, attn_mask, padding, causal, None, p, SEED)
+    expected = dropout_reference(q, k, v, p, SEED.item(), attn_mask, padding, causal)
+    assert max_err(out, expected) <= 1e-10
+    inputs = [q, k, v] + ([attn_mask] if attn_mask is not None and attn_mask.requires_grad else [])
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, inputs, grad)
+    want = torch.autograd.grad(expected, inputs, grad)
+    for a, e in zip(got, want):
+        assert max_err(a, e) <= 1e-9 * max(1.0, e.abs().max().item())
+
+
+def test_dropout_mask_statistics():
+    """With equal scores and an identity value, out * S * (1 - p) is the keep mask itself: the
+    kernel's mask equals the hash's, keeps 1 - p of the elements, and is uncorrelated
+    between neighbouring rows and keys."""
+    B, H, L, S, p = 2, 4, 256, 256, 0.3
+    q = torch.zeros(B, H, L, 8)
+    value = torch.eye(S).expand(B, H, S, S)
+    out = torch.ops.dll_ext.attention(q, q[:, :, :S], value, None, None, False, None, p, SEED)
+    kept = out * S * (1 - p)
+    assert torch.allclose(kept, kept.round(), atol=1e-4)
+    kept = kept.round().bool()
+    assert torch.equal(kept, dropout_keep(SEED.item(), B, H, L, S, p))
+    n = kept.numel()
+    sigma = math.sqrt(p * (1 - p) / n)
+    assert abs(kept.float().mean().item() - (1 - p)) < 5 * sigma
+    x = kept.double() - (1 - p)
+    for a, b in ((x[..., 1:, :], x[..., :-1, :]), (x[..., 1:], x[..., :-1]), (x[:, 1:], x[:, :-1])):
+        correlation = (a * b).mean() / (p * (1 - p))
+        assert abs(correlation.item()) < 5 / math.sqrt(a.numel())
+
+
+def test_dropout_is_unbiased():
+    """Averaged over many seeds, dropout's output tends to the output without it."""
+    q, k, v = (t.detach() for t in qkv(1, 1, 4, 6, 3, 2))
+    seeds = torch.arange(4000)
+    mean = sum(torch.ops.dll_ext.attention(q, k, v, None, None, False, None, 0.5, s.view(1)) for s in seeds) / len(seeds)
+    exact = reference(q, k, v)
+    # Each output element's standard deviation is at most max|v|; the mean's is that / sqrt(n).
+    assert max_err(mean, exact) < 5 * v.abs().max().item() / math.sqrt(len(seeds))
+
+
+def test_dropout_reproducible_under_manual_seed_and_seed_dependent():
+    q, k, v = qkv(2, 2, 9, 9, 4, 4)
+
+    def run(seed):
+        torch.manual_seed(seed)
+        out = attention(q, k, v, dropout_p=0.4)
+        return out, torch.autograd.grad(out.sum(), [q, k, v])
+
+    (a, grads_a), (b, grads_b), (c, _) = run(0), run(0), run(1)
+    assert torch.equal(a, b)
+    assert all(torch.equal(x, y) for x, y in zip(grads_a, grads_b))
+    assert not torch.equal(a, c)
+
+
+def test_dropout_zero_and_seed_checks():
+    q, k, v = qkv(1, 1, 3, 3, 2, 2)
+    torch.testing.assert_close(attention(q, k, v, dropout_p=0.0), reference(q, k, v), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match=r"dropout_p > 0 needs dropout_seed"):
+        torch.ops.dll_ext.attention(q, k, v, None, None, False, None, 0.5, None)
+    with pytest.raises(ValueError, match=r"dropout_seed"):
+        torch.ops.dll_ext.attention(q, k, v, None, None, False, None, 0.5, torch.tensor([1.0]))
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match=r"dropout_p must be in \[0, 1\)"):
+            attention(q, k, v, dropout_p=bad)
 
 
 # ========================================================================================
@@ -150,8 +270,9 @@ def test_dropout_not_yet_supported_is_refused():
 # ========================================================================================
 
 
+@pytest.mark.parametrize("dropout_p", [0.0, 0.3])
 @pytest.mark.parametrize("mask", ["none", "causal", "bool_BHLS", "float_LS", "float_1HLS", "float_padding_causal"])
-def test_gradcheck(mask):
+def test_gradcheck(mask, dropout_p):
     B, H, L, S = 2, 2, 4, 5
     q, k, v = qkv(B, H, L, S, 3, 2)
     attn_mask, padding, causal = masks(mask, B, H, L, S, torch.float64)
@@ -159,7 +280,7 @@ def test_gradcheck(mask):
 
     def fn(*args):
         m = args[3] if len(args) > 3 else attn_mask
-        return torch.ops.dll_ext.attention(args[0], args[1], args[2], m, padding, causal, None)
+        return torch.ops.dll_ext.attention(args[0], args[1], args[2], m, padding, causal, None, dropout_p, SEED)
 
     assert torch.autograd.gradcheck(fn, inputs)
 
@@ -171,19 +292,21 @@ def test_double_backward_is_refused_clearly():
         torch.autograd.grad(out.sum(), q, create_graph=True)
 
 
+@pytest.mark.parametrize("dropout_p", [0.0, 0.2])
 @pytest.mark.parametrize("mask", ["none", "causal", "bool_B1LS", "float_BHLS", "padding_causal"])
-def test_opcheck(mask):
+def test_opcheck(mask, dropout_p):
     B, H, L, S = 2, 2, 5, 7
     q, k, v = qkv(B, H, L, S, 4, 3, dtype=torch.float32)
     attn_mask, padding, causal = masks(mask, B, H, L, S, torch.float32)
-    torch.library.opcheck(torch.ops.dll_ext.attention, (q, k, v, attn_mask, padding, causal, 0.5))
+    drop = (dropout_p, SEED)
+    torch.library.opcheck(torch.ops.dll_ext.attention, (q, k, v, attn_mask, padding, causal, 0.5, *drop))
     plain = [t.detach() for t in (q, k, v)]
     m = None if attn_mask is None else attn_mask.detach()
-    torch.library.opcheck(torch.ops.dll_ext._attention_forward, (*plain, m, padding, causal, None))
-    out, lse = torch.ops.dll_ext._attention_forward(*plain, m, padding, causal, None)
+    torch.library.opcheck(torch.ops.dll_ext._attention_forward, (*plain, m, padding, causal, None, *drop))
+    out, lse = torch.ops.dll_ext._attention_forward(*plain, m, padding, causal, None, *drop)
     mask_grad = m is not None and m.is_floating_point()
     torch.library.opcheck(torch.ops.dll_ext.attention_backward,
-                          (torch.randn_like(out), *plain, out, lse, m, padding, causal, None, mask_grad))
+                          (torch.randn_like(out), *plain, out, lse, m, padding, causal, None, *drop, mask_grad))
 
 
 def test_compile_fullgraph_with_masks():
@@ -205,6 +328,23 @@ def test_compile_fullgraph_with_masks():
     torch._dynamo.reset()
 
 
+def test_compile_fullgraph_with_dropout():
+    torch._dynamo.reset()
+    q, k, v = qkv(2, 2, 9, 11, 4, 4, dtype=torch.float32)
+
+    def fn(q, k, v, seed):
+        return torch.ops.dll_ext.attention(q, k, v, None, None, True, None, 0.25, seed)
+
+    compiled = torch.compile(fn, fullgraph=True)
+    torch.testing.assert_close(compiled(q, k, v, SEED), fn(q, k, v, SEED))
+    torch.testing.assert_close(torch.autograd.grad(compiled(q, k, v, SEED).sum(), [q, k, v]),
+                               torch.autograd.grad(fn(q, k, v, SEED).sum(), [q, k, v]))
+    # The functional draws its seed inside the graph: runs differ, and train.
+    functional = torch.compile(lambda q: attention(q, k, v, dropout_p=0.5), fullgraph=True)
+    assert not torch.equal(functional(q), functional(q))
+    torch._dynamo.reset()
+
+
 def test_torchscript():
     @torch.jit.script
     def scripted(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
@@ -213,6 +353,11 @@ def test_torchscript():
     q, k, v = qkv(1, 2, 4, 4, 3, 3)
     padding = torch.tensor([[False, False, False, True]])
     torch.testing.assert_close(scripted(q, k, v, padding), reference(q, k, v, None, padding, True))
+    functional = torch.jit.script(dll_ext.functional.scaled_dot_product_attention)
+    torch.manual_seed(3)
+    dropped = functional(q, k, v, None, 0.5)
+    torch.manual_seed(3)
+    torch.testing.assert_close(dropped, attention(q, k, v, dropout_p=0.5))
 
 
 # ========================================================================================
@@ -260,13 +405,16 @@ def test_bad_inputs(fn, match):
 
 
 def test_backward_op_checks_saved_shapes():
-    out, lse = torch.ops.dll_ext._attention_forward(Q, K, V, None, None, False, None)
+    out, lse = torch.ops.dll_ext._attention_forward(Q, K, V, None, None, False, None, 0.0, None)
+    no_dropout = (0.0, None)
     with pytest.raises(ARG_ERRORS, match=r"grad_out must have shape \[2, 3, 5, 6\]"):
-        torch.ops.dll_ext.attention_backward(out[..., :3], Q, K, V, out, lse, None, None, False, None, False)
+        torch.ops.dll_ext.attention_backward(out[..., :3], Q, K, V, out, lse, None, None, False, None, *no_dropout,
+                                             False)
     with pytest.raises(ARG_ERRORS, match=r"lse must have shape"):
-        torch.ops.dll_ext.attention_backward(out, Q, K, V, out, lse[..., :2], None, None, False, None, False)
+        torch.ops.dll_ext.attention_backward(out, Q, K, V, out, lse[..., :2], None, None, False, None, *no_dropout,
+                                             False)
     with pytest.raises(ARG_ERRORS, match=r"mask_grad needs a floating-point attn_mask"):
-        torch.ops.dll_ext.attention_backward(out, Q, K, V, out, lse, None, None, False, None, True)
+        torch.ops.dll_ext.attention_backward(out, Q, K, V, out, lse, None, None, False, None, *no_dropout, True)
 
 
 # ========================================================================================

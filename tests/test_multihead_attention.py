@@ -41,6 +41,8 @@ def mask_sets():
         "float_padding": dict(key_padding_mask=torch.zeros(N, S).masked_fill(padding, float("-inf"))),
         "bool_and_padding": dict(attn_mask=allowed_not, key_padding_mask=padding),
         "causal_hint": dict(attn_mask=torch.triu(torch.full((L, S), float("-inf")), 1), is_causal=True),
+        "causal_hint_padding": dict(attn_mask=torch.triu(torch.ones(L, S, dtype=torch.bool), 1), is_causal=True,
+                                    key_padding_mask=padding),
     }
 
 
@@ -110,17 +112,30 @@ def test_fully_masked_query_gives_zeros_not_nan():
     torch.testing.assert_close(out[keep], ref[keep], **TOL)
 
 
-def test_dropout_in_training_is_reproducible_and_off_in_eval():
+@pytest.mark.parametrize("need_weights", [True, False], ids=["explicit", "fused"])
+def test_dropout_in_training_is_reproducible_and_off_in_eval(need_weights):
     ours, native = twins(dropout=0.5)
     x = torch.randn(L, N, E)
     torch.manual_seed(1)
-    a = ours(x, x, x)[0]
+    a = ours(x, x, x, need_weights=need_weights)[0]
     torch.manual_seed(1)
-    b = ours(x, x, x)[0]
+    b = ours(x, x, x, need_weights=need_weights)[0]
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     ours.eval(), native.eval()
-    torch.testing.assert_close(ours(x, x, x), native(x, x, x), **TOL)
+    torch.testing.assert_close(ours(x, x, x, need_weights=need_weights), native(x, x, x, need_weights=need_weights),
+                               **TOL)
     assert (a - ours(x, x, x)[0]).abs().max() > 1e-3
+
+
+def test_fused_dropout_keeps_the_expected_output():
+    """Training dropout through the fused op is unbiased: over many draws the mean output
+    tends to the output without dropout."""
+    ours, _ = twins(dropout=0.5)
+    x = torch.randn(L, N, E)
+    with torch.no_grad():
+        mean = sum(ours(x, x, x, need_weights=False)[0] for _ in range(2000)) / 2000
+        exact = ours.eval()(x, x, x, need_weights=False)[0]
+    assert (mean - exact).abs().max() < 0.05 * exact.abs().max()
 
 
 class SelfAttention(nn.Module):

@@ -22,11 +22,15 @@ class MultiheadAttention(nn.MultiheadAttention):
     initialisation, state_dict, forward arguments and return values) whose attention is the
     fused, tiled dll_ext::attention op.
 
-    The fused op runs when need_weights=False (and no dropout acts). need_weights=True
-    (nn.MultiheadAttention's default) returns the weights PyTorch returns and the output is
-    computed from them, as nn.MultiheadAttention does; so is it in training with dropout > 0,
-    with dropout on the weights (the fused op has no dropout yet). A query whose keys are all masked gives zeros (output and
-    weights) where nn.MultiheadAttention gives NaN.
+    The fused op runs when need_weights=False, with its own dropout in training (the same
+    distribution as nn.MultiheadAttention's, drawn from a seed of torch's generator, but not the
+    same mask). need_weights=True (nn.MultiheadAttention's default) returns the weights
+    PyTorch returns (after dropout in training) and the output is computed from them, as
+    nn.MultiheadAttention does. With is_causal=True, attn_mask is taken to be the causal mask
+    it hints at (as nn.MultiheadAttention does) and the fused op skips the tiles above the
+    diagonal, also together with a key_padding_mask (when no bias_k or zero key is
+    appended). A query whose keys are all masked gives zeros (output and weights) where
+    nn.MultiheadAttention gives NaN.
     """
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
@@ -106,20 +110,24 @@ class MultiheadAttention(nn.MultiheadAttention):
                 raise RuntimeError(f"MultiheadAttention: attn_mask must have shape {[L, S]} or {[N * heads, L, S]}, "
                                    f"but got {shape}")
             mask = ~attn_mask if attn_mask.dtype == torch.bool else attn_mask
-        causal = is_causal and key_padding_mask is None and not need_weights
+        # nn.MultiheadAttention takes the hint (and masks an appended bias_k or zero key like
+        # any later key) only without a key_padding_mask; with one, its explicit mask, padded
+        # to allow the appended key, is what counts. The hint is taken wherever that agrees.
+        appended_key = bias_k is not None or self.add_zero_attn
+        causal = is_causal and not need_weights and (key_padding_mask is None or not appended_key)
         if causal:
             mask = None  # the hint says it is causal: tiles above the diagonal are then skipped
 
-        # The fused op when the weights are not wanted; when they are (or dropout acts on
-        # them), the output is computed from those same weights rather than a second time.
+        # The fused op when the weights are not wanted; when they are, the output is computed
+        # from those same weights rather than a second time.
         dropout = self.dropout if self.training else 0.0
         weights: Optional[Tensor] = None
-        if dropout > 0.0 or need_weights:
+        if need_weights:
             probabilities = F.dropout(self._weights(q, k, mask, key_padding_mask), dropout)
             out = probabilities @ v
             weights = probabilities
         else:
-            out = scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+            out = scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal,
                                                key_padding_mask=key_padding_mask)
 
         out = F.linear(out.permute(2, 0, 1, 3).reshape(L, N, E), self.out_proj.weight, self.out_proj.bias)

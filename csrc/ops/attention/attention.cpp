@@ -1,6 +1,7 @@
 // Schemas and argument checks of the attention ops.
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 
@@ -12,7 +13,9 @@ namespace dll_ext::attention {
 Problem check_and_resolve(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                           const std::optional<at::Tensor>& attn_mask,
                           const std::optional<at::Tensor>& key_padding_mask, bool is_causal,
-                          std::optional<double> scale) {
+                          std::optional<double> scale, double dropout_p,
+                          const std::optional<at::Tensor>& dropout_seed,
+                          std::initializer_list<at::ScalarType> supported) {
   const std::string prefix = std::string(op) + ": ";
   check_dim(q, 4, (prefix + "query").c_str(), "(batch, heads, L, E)");
   check_dim(k, 4, (prefix + "key").c_str(), "(batch, heads, S, E)");
@@ -29,8 +32,12 @@ Problem check_and_resolve(const char* op, const at::Tensor& q, const at::Tensor&
   TORCH_CHECK_VALUE(v.size(2) == k.size(2), op, ": value has ", v.size(2), " positions but key has ", k.size(2),
                     "; they must match");
   const auto dtype = q.scalar_type();
-  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble, op, ": query dtype ", dtype,
-                   " is not supported on ", q.device().type(), "; supported: float32, float64");
+  if (std::find(supported.begin(), supported.end(), dtype) == supported.end()) {
+    std::string names;
+    for (const auto t : supported) names += std::string(names.empty() ? "" : ", ") + c10::toString(t);
+    TORCH_CHECK_TYPE(false, op, ": query dtype ", dtype, " is not supported on ", q.device().type(),
+                     "; supported: ", names);
+  }
 
   Problem p{q.size(0), q.size(1), q.size(2), k.size(2), q.size(3), v.size(3), 0.0, is_causal, {}, {}};
   p.scale = scale.value_or(1.0 / std::sqrt(static_cast<double>(std::max<int64_t>(p.head_dim, 1))));
@@ -61,20 +68,56 @@ Problem check_and_resolve(const char* op, const at::Tensor& q, const at::Tensor&
                       m.sizes());
     p.key_padding = m.contiguous();
   }
+  TORCH_CHECK_VALUE(dropout_p >= 0.0 && dropout_p < 1.0, op, ": dropout_p must be in [0, 1), but got ", dropout_p);
+  if (dropout_p > 0.0) {
+    TORCH_CHECK_VALUE(dropout_seed && dropout_seed->numel() == 1 && dropout_seed->scalar_type() == at::kLong, op,
+                      ": dropout_p > 0 needs dropout_seed, an int64 tensor with one element "
+                      "(dll_ext.functional.scaled_dot_product_attention draws one from torch's generator)");
+    p.dropout.active = true;
+    p.dropout.seed = static_cast<uint64_t>(dropout_seed->item<int64_t>());
+    p.dropout.threshold = static_cast<uint32_t>(std::min(std::round(dropout_p * 4294967296.0), 4294967295.0));
+    p.dropout.keep_scale = 1.0 / (1.0 - dropout_p);
+  }
   return p;
+}
+
+at::ScalarType lse_dtype(at::ScalarType query_dtype) {
+  return query_dtype == at::kHalf || query_dtype == at::kBFloat16 ? at::kFloat : query_dtype;
+}
+
+void check_backward_inputs(const Problem& p, const at::Tensor& q, const at::Tensor& grad_out, const at::Tensor& out,
+                           const at::Tensor& lse, bool mask_grad) {
+  constexpr const char* op = "attention_backward";
+  const std::vector<int64_t> out_sizes{p.batch, p.heads, p.queries, p.value_dim};
+  for (const auto& [t, name] : {std::pair{&grad_out, "grad_out"}, {&out, "out"}}) {
+    TORCH_CHECK_VALUE(t->sizes() == at::IntArrayRef(out_sizes), op, ": ", name, " must have shape ",
+                      at::IntArrayRef(out_sizes), ", but got ", t->sizes());
+    TORCH_CHECK_TYPE(t->scalar_type() == q.scalar_type() && t->device() == q.device(), op, ": ", name,
+                     " must match query's dtype and device");
+  }
+  TORCH_CHECK_VALUE(lse.sizes() == at::IntArrayRef({p.batch, p.heads, p.queries}) &&
+                        lse.scalar_type() == lse_dtype(q.scalar_type()) && lse.device() == q.device(),
+                    op, ": lse must have shape (batch, heads, L), dtype ", lse_dtype(q.scalar_type()),
+                    " and query's device, but got ", lse.sizes(), " ", lse.scalar_type());
+  TORCH_CHECK_VALUE(!mask_grad || (p.attn.defined() && p.attn.scalar_type() != at::kBool), op,
+                    ": mask_grad needs a floating-point attn_mask");
 }
 
 }  // namespace dll_ext::attention
 
 TORCH_LIBRARY_FRAGMENT(dll_ext, m) {
+  // dropout_seed: an int64 tensor with one element; dropout_p > 0 needs it. The same seed
+  // gives the same dropout mask (see attention_dropout.h).
   m.def(
       "attention(Tensor query, Tensor key, Tensor value, Tensor? attn_mask=None, "
-      "Tensor? key_padding_mask=None, bool is_causal=False, float? scale=None) -> Tensor");
+      "Tensor? key_padding_mask=None, bool is_causal=False, float? scale=None, float dropout_p=0.0, "
+      "Tensor? dropout_seed=None) -> Tensor");
   m.def(
       "_attention_forward(Tensor query, Tensor key, Tensor value, Tensor? attn_mask, "
-      "Tensor? key_padding_mask, bool is_causal, float? scale) -> (Tensor, Tensor)");
+      "Tensor? key_padding_mask, bool is_causal, float? scale, float dropout_p, Tensor? dropout_seed) "
+      "-> (Tensor, Tensor)");
   m.def(
       "attention_backward(Tensor grad_out, Tensor query, Tensor key, Tensor value, Tensor out, "
       "Tensor lse, Tensor? attn_mask, Tensor? key_padding_mask, bool is_causal, float? scale, "
-      "bool mask_grad) -> (Tensor, Tensor, Tensor, Tensor?)");
+      "float dropout_p, Tensor? dropout_seed, bool mask_grad) -> (Tensor, Tensor, Tensor, Tensor?)");
 }

@@ -2,12 +2,14 @@
 // computed tile by tile over the keys with an online softmax, never holding the full L x S
 // scores; the backward recomputes each tile's probabilities from the saved row log-sum-exp.
 // Layouts: q (B, H, L, E), k (B, H, S, E), v (B, H, S, Ev), out (B, H, L, Ev),
-// lse (B, H, L) in the accumulation type.
+// lse (B, H, L) in the accumulation type (float32 for float16/bfloat16 inputs).
 #pragma once
 
 #include <ATen/ATen.h>
 
 #include <optional>
+
+#include "ops/attention/attention_dropout.h"
 
 namespace dll_ext::attention {
 
@@ -19,11 +21,22 @@ struct Problem {
   double scale;
   bool causal;
   at::Tensor attn, key_padding;
+  Dropout dropout;
 };
 
+// `supported`: the dtypes the calling device's kernels take, e.g. "float32, float64".
 Problem check_and_resolve(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                           const std::optional<at::Tensor>& attn_mask,
                           const std::optional<at::Tensor>& key_padding_mask, bool is_causal,
-                          std::optional<double> scale);
+                          std::optional<double> scale, double dropout_p,
+                          const std::optional<at::Tensor>& dropout_seed,
+                          std::initializer_list<at::ScalarType> supported);
+
+// The dtype of the row log-sum-exp: the accumulation type of the query's dtype.
+at::ScalarType lse_dtype(at::ScalarType query_dtype);
+
+// The checks of attention_backward's extra inputs (grad_out, out, lse, mask_grad).
+void check_backward_inputs(const Problem& p, const at::Tensor& q, const at::Tensor& grad_out, const at::Tensor& out,
+                           const at::Tensor& lse, bool mask_grad);
 
 }  // namespace dll_ext::attention

@@ -16,17 +16,19 @@ using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor, OptTensor>;
 
 std::tuple<at::Tensor, at::Tensor> call_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                 const OptTensor& attn_mask, const OptTensor& key_padding_mask,
-                                                bool is_causal, std::optional<double> scale) {
+                                                bool is_causal, std::optional<double> scale, double dropout_p,
+                                                const OptTensor& dropout_seed) {
   static auto op = find_op<decltype(call_forward)>("dll_ext::_attention_forward");
-  return op.call(q, k, v, attn_mask, key_padding_mask, is_causal, scale);
+  return op.call(q, k, v, attn_mask, key_padding_mask, is_causal, scale, dropout_p, dropout_seed);
 }
 
 Grads call_backward(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                     const at::Tensor& out, const at::Tensor& lse, const OptTensor& attn_mask,
                     const OptTensor& key_padding_mask, bool is_causal, std::optional<double> scale,
-                    bool mask_grad) {
+                    double dropout_p, const OptTensor& dropout_seed, bool mask_grad) {
   static auto op = find_op<decltype(call_backward)>("dll_ext::attention_backward");
-  return op.call(grad_out, q, k, v, out, lse, attn_mask, key_padding_mask, is_causal, scale, mask_grad);
+  return op.call(grad_out, q, k, v, out, lse, attn_mask, key_padding_mask, is_causal, scale, dropout_p, dropout_seed,
+                 mask_grad);
 }
 
 class AttentionFunction : public torch::autograd::Function<AttentionFunction> {
@@ -34,12 +36,15 @@ class AttentionFunction : public torch::autograd::Function<AttentionFunction> {
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& q,
                                                 const at::Tensor& k, const at::Tensor& v,
                                                 const OptTensor& attn_mask, const OptTensor& key_padding_mask,
-                                                bool is_causal, std::optional<double> scale) {
+                                                bool is_causal, std::optional<double> scale, double dropout_p,
+                                                const OptTensor& dropout_seed) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [out, lse] = call_forward(q, k, v, attn_mask, key_padding_mask, is_causal, scale);
+    auto [out, lse] = call_forward(q, k, v, attn_mask, key_padding_mask, is_causal, scale, dropout_p, dropout_seed);
+    // The seed, not a mask, is what the backward needs to see the forward's dropout again.
     ctx->save_for_backward({q, k, v, out, lse, attn_mask.value_or(at::Tensor()),
-                            key_padding_mask.value_or(at::Tensor())});
+                            key_padding_mask.value_or(at::Tensor()), dropout_seed.value_or(at::Tensor())});
     ctx->saved_data["is_causal"] = is_causal;
+    ctx->saved_data["dropout_p"] = dropout_p;
     ctx->saved_data["scale"] = scale ? c10::IValue(*scale) : c10::IValue();
     ctx->mark_non_differentiable({lse});
     return {out, lse};
@@ -55,24 +60,29 @@ class AttentionFunction : public torch::autograd::Function<AttentionFunction> {
     auto [grad_q, grad_k, grad_v, grad_mask] =
         call_backward(grad_out, s[0], s[1], s[2], s[3], s[4], optional(s[5]), optional(s[6]),
                       ctx->saved_data["is_causal"].toBool(),
-                      scale.isNone() ? std::nullopt : std::optional<double>(scale.toDouble()), mask_grad);
-    return {grad_q, grad_k, grad_v, grad_mask.value_or(at::Tensor()), at::Tensor(), at::Tensor(), at::Tensor()};
+                      scale.isNone() ? std::nullopt : std::optional<double>(scale.toDouble()),
+                      ctx->saved_data["dropout_p"].toDouble(), optional(s[7]), mask_grad);
+    return {grad_q,       grad_k,       grad_v,       grad_mask.value_or(at::Tensor()),
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor()};
   }
 };
 
 at::Tensor attention_autograd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                               const OptTensor& attn_mask, const OptTensor& key_padding_mask, bool is_causal,
-                              std::optional<double> scale) {
-  return AttentionFunction::apply(q, k, v, attn_mask, key_padding_mask, is_causal, scale)[0];
+                              std::optional<double> scale, double dropout_p, const OptTensor& dropout_seed) {
+  return AttentionFunction::apply(q, k, v, attn_mask, key_padding_mask, is_causal, scale, dropout_p, dropout_seed)[0];
 }
 
 Grads attention_backward_autograd(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
                                   const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
                                   const OptTensor& attn_mask, const OptTensor& key_padding_mask, bool is_causal,
-                                  std::optional<double> scale, bool mask_grad) {
+                                  std::optional<double> scale, double dropout_p, const OptTensor& dropout_seed,
+                                  bool mask_grad) {
   refuse_double_backward("attention", grad_out, q, k, v, out, attn_mask);
   at::AutoDispatchBelowADInplaceOrView guard;
-  return call_backward(grad_out, q, k, v, out, lse, attn_mask, key_padding_mask, is_causal, scale, mask_grad);
+  return call_backward(grad_out, q, k, v, out, lse, attn_mask, key_padding_mask, is_causal, scale, dropout_p,
+                       dropout_seed, mask_grad);
 }
 
 }  // namespace

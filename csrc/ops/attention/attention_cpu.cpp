@@ -28,6 +28,7 @@ constexpr bool kNoTranspose = false, kTranspose = true;
 
 constexpr int64_t kQueryBlock = 128;
 constexpr int64_t kKeyBlock = 128;
+constexpr std::initializer_list<at::ScalarType> kSupported{at::kFloat, at::kDouble};
 
 template <typename T>
 constexpr T kNegInf = -std::numeric_limits<T>::infinity();
@@ -187,6 +188,16 @@ DLL_CPU_CLONES void probabilities_row(T* row, int64_t cols, T lse) {
   for (int64_t c = 0; c < cols; ++c) row[c] = row[c] == kNegInf<T> ? T(0) : exp_of(row[c] - lse);
 }
 
+// Dropout on a row: dst = src * keep_scale where the element is kept, else 0 (dst may be src).
+// The multiply by the kept flag, not a select, keeps the loop vector code.
+template <typename T>
+DLL_CPU_CLONES void dropout_row_apply(T* dst, const T* src, int64_t cols, DropoutRow row, int64_t first_key,
+                                      uint32_t threshold, T keep_scale) {
+  for (int64_t c = 0; c < cols; ++c) {
+    dst[c] = src[c] * (static_cast<T>(dropout_keeps(row, first_key + c, threshold)) * keep_scale);
+  }
+}
+
 // dS = P (dP - delta), in place of dP.
 template <typename T>
 DLL_CPU_CLONES void score_gradient_row(T* __restrict__ dp, const T* __restrict__ prob, int64_t cols, T delta) {
@@ -199,6 +210,8 @@ void forward_kernel(const Call<T>& call, at::Tensor& out, at::Tensor& lse) {
   const int64_t query_blocks = (p.queries + kQueryBlock - 1) / kQueryBlock;
   T* out_data = out.data_ptr<T>();
   T* lse_data = lse.data_ptr<T>();
+  const Dropout& drop = p.dropout;
+  const T keep_scale = static_cast<T>(drop.keep_scale);
   at::parallel_for(0, p.batch * p.heads * query_blocks, 1, [&](int64_t first, int64_t last) {
     std::vector<T> s(kQueryBlock * kKeyBlock), max(kQueryBlock), sum(kQueryBlock);
     for (int64_t task = first; task < last; ++task) {
@@ -214,7 +227,14 @@ void forward_kernel(const Call<T>& call, at::Tensor& out, at::Tensor& lse) {
         if (call.tile_masked(b, h, i0, rows, j0, cols)) continue;
         call.scores(b, h, i0, rows, j0, cols, s.data());
         for (int64_t r = 0; r < rows; ++r) {
-          const T shrink = softmax_update(s.data() + r * kKeyBlock, cols, max[r], sum[r]);
+          T* row = s.data() + r * kKeyBlock;
+          const T shrink = softmax_update(row, cols, max[r], sum[r]);
+          // Dropout acts on the probabilities after their sum is taken: the softmax's
+          // normaliser is that of the undropped row.
+          if (drop.active) {
+            dropout_row_apply(row, row, cols, dropout_row(drop.seed, bh * p.queries + i0 + r), j0, drop.threshold,
+                              keep_scale);
+          }
           if (shrink != T(1)) {
             for (int64_t e = 0; e < p.value_dim; ++e) acc[r * p.value_dim + e] *= shrink;
           }
@@ -248,8 +268,14 @@ void backward_kernel(const Call<T>& call, const at::Tensor& grad_out, const at::
   T* dv = grad_v.data_ptr<T>();
   T* dmask = grad_mask.defined() ? grad_mask.data_ptr<T>() : nullptr;
   const T scale = static_cast<T>(p.scale);
+  const Dropout& drop = p.dropout;
+  const T keep_scale = static_cast<T>(drop.keep_scale);
   at::parallel_for(0, p.batch * p.heads, 1, [&](int64_t first, int64_t last) {
+    // With dropout, O = (P * Z) V for the kept-and-scaled mask Z: dV takes P * Z (in
+    // `dropped`), dP is Z * (dO V^T), and dS = P (dP - delta) with delta = rowsum(dO * O) as
+    // without dropout.
     std::vector<T> s(kQueryBlock * kKeyBlock), dp(kQueryBlock * kKeyBlock), delta(kQueryBlock);
+    std::vector<T> dropped(drop.active ? kQueryBlock * kKeyBlock : 0);
     for (int64_t bh = first; bh < last; ++bh) {
       const int64_t b = bh / p.heads, h = bh % p.heads;
       for (int64_t i0 = 0; i0 < p.queries; i0 += kQueryBlock) {
@@ -266,17 +292,27 @@ void backward_kernel(const Call<T>& call, const at::Tensor& grad_out, const at::
           const int64_t cols = std::min(kKeyBlock, p.keys - j0);
           if (call.tile_masked(b, h, i0, rows, j0, cols)) continue;
           call.scores(b, h, i0, rows, j0, cols, s.data());
-          for (int64_t r = 0; r < rows; ++r) probabilities_row(s.data() + r * kKeyBlock, cols, lse_data[q_row + r]);
+          for (int64_t r = 0; r < rows; ++r) {
+            probabilities_row(s.data() + r * kKeyBlock, cols, lse_data[q_row + r]);
+            if (drop.active) {
+              dropout_row_apply(dropped.data() + r * kKeyBlock, s.data() + r * kKeyBlock, cols,
+                                dropout_row(drop.seed, q_row + r), j0, drop.threshold, keep_scale);
+            }
+          }
+          const T* kept = drop.active ? dropped.data() : s.data();
           const int64_t k_row = bh * p.keys + j0;
           // dV_j += P^T dO_i (column-major: dV^T += dO^T P).
           gemm(kNoTranspose, kTranspose, p.value_dim, cols, rows, T(1), dout_i,
-               p.value_dim, s.data(), kKeyBlock, T(1), dv + k_row * p.value_dim, p.value_dim);
+               p.value_dim, kept, kKeyBlock, T(1), dv + k_row * p.value_dim, p.value_dim);
           // dP = dO_i V_j^T (column-major: dP^T = V dO^T).
           gemm(kTranspose, kNoTranspose, cols, rows, p.value_dim, T(1),
                call.head_rows(call.v, b, h, j0), call.v.stride(2), dout_i, p.value_dim, T(0), dp.data(), kKeyBlock);
           // dS = P (dP - delta), in place of dP.
           for (int64_t r = 0; r < rows; ++r) {
             T* d = dp.data() + r * kKeyBlock;
+            if (drop.active) {
+              dropout_row_apply(d, d, cols, dropout_row(drop.seed, q_row + r), j0, drop.threshold, keep_scale);
+            }
             score_gradient_row(d, s.data() + r * kKeyBlock, cols, delta[r]);
             if (dmask) std::copy(d, d + cols, dmask + ((bh * p.queries + i0 + r) * p.keys + j0));
           }
@@ -298,8 +334,11 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_cpu(const at::Tensor& q, co
                                                          const at::Tensor& v,
                                                          const std::optional<at::Tensor>& attn_mask,
                                                          const std::optional<at::Tensor>& key_padding_mask,
-                                                         bool is_causal, std::optional<double> scale) {
-  const Problem p = check_and_resolve("attention", q, k, v, attn_mask, key_padding_mask, is_causal, scale);
+                                                         bool is_causal, std::optional<double> scale,
+                                                         double dropout_p,
+                                                         const std::optional<at::Tensor>& dropout_seed) {
+  const Problem p = check_and_resolve("attention", q, k, v, attn_mask, key_padding_mask, is_causal, scale,
+                                      dropout_p, dropout_seed, kSupported);
   at::Tensor out = at::empty({p.batch, p.heads, p.queries, p.value_dim}, q.options());
   at::Tensor lse = at::empty({p.batch, p.heads, p.queries}, q.options());
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "attention_forward_cpu", [&] {
@@ -311,29 +350,19 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_cpu(const at::Tensor& q, co
 at::Tensor attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                          const std::optional<at::Tensor>& attn_mask,
                          const std::optional<at::Tensor>& key_padding_mask, bool is_causal,
-                         std::optional<double> scale) {
-  return std::get<0>(attention_forward_cpu(q, k, v, attn_mask, key_padding_mask, is_causal, scale));
+                         std::optional<double> scale, double dropout_p, const std::optional<at::Tensor>& dropout_seed) {
+  return std::get<0>(
+      attention_forward_cpu(q, k, v, attn_mask, key_padding_mask, is_causal, scale, dropout_p, dropout_seed));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, std::optional<at::Tensor>> attention_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const at::Tensor& out, const at::Tensor& lse, const std::optional<at::Tensor>& attn_mask,
     const std::optional<at::Tensor>& key_padding_mask, bool is_causal, std::optional<double> scale,
-    bool mask_grad) {
-  constexpr const char* op = "attention_backward";
-  const Problem p = check_and_resolve(op, q, k, v, attn_mask, key_padding_mask, is_causal, scale);
-  const std::vector<int64_t> out_sizes{p.batch, p.heads, p.queries, p.value_dim};
-  for (const auto& [t, name] : {std::pair{&grad_out, "grad_out"}, {&out, "out"}}) {
-    TORCH_CHECK_VALUE(t->sizes() == at::IntArrayRef(out_sizes), op, ": ", name, " must have shape ",
-                      at::IntArrayRef(out_sizes), ", but got ", t->sizes());
-    TORCH_CHECK_TYPE(t->scalar_type() == q.scalar_type() && t->device() == q.device(), op, ": ", name,
-                     " must match query's dtype and device");
-  }
-  TORCH_CHECK_VALUE(lse.sizes() == at::IntArrayRef({p.batch, p.heads, p.queries}) &&
-                        lse.scalar_type() == q.scalar_type(),
-                    op, ": lse must have shape (batch, heads, L) and query's dtype, but got ", lse.sizes());
-  TORCH_CHECK_VALUE(!mask_grad || (p.attn.defined() && p.attn.scalar_type() != at::kBool), op,
-                    ": mask_grad needs a floating-point attn_mask");
+    double dropout_p, const std::optional<at::Tensor>& dropout_seed, bool mask_grad) {
+  const Problem p = check_and_resolve("attention_backward", q, k, v, attn_mask, key_padding_mask, is_causal, scale,
+                                      dropout_p, dropout_seed, kSupported);
+  check_backward_inputs(p, q, grad_out, out, lse, mask_grad);
   at::Tensor grad_q = at::zeros({p.batch, p.heads, p.queries, p.head_dim}, q.options());
   at::Tensor grad_k = at::zeros({p.batch, p.heads, p.keys, p.head_dim}, q.options());
   at::Tensor grad_v = at::zeros({p.batch, p.heads, p.keys, p.value_dim}, q.options());

@@ -18,6 +18,7 @@ OPS: Dict[str, str] = {
     "lstm_cell": "dll_ext.benchmark.lstm_cell",
     "lstm_layer": "dll_ext.benchmark.lstm_layer",
     "attention": "dll_ext.benchmark.attention",
+    "transformer": "dll_ext.benchmark.transformer",
 }
 
 

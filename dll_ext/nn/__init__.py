@@ -2,5 +2,8 @@
 from dll_ext.nn.attention import MultiheadAttention
 from dll_ext.nn.conv_relu import Conv2dReLU, fuse_conv_relu
 from dll_ext.nn.lstm import LSTM, LSTMCell
+from dll_ext.nn.transformer import (Transformer, TransformerDecoder, TransformerDecoderLayer, TransformerEncoder,
+                                    TransformerEncoderLayer)
 
-__all__ = ["Conv2dReLU", "LSTM", "LSTMCell", "MultiheadAttention", "fuse_conv_relu"]
+__all__ = ["Conv2dReLU", "LSTM", "LSTMCell", "MultiheadAttention", "Transformer", "TransformerDecoder",
+           "TransformerDecoderLayer", "TransformerEncoder", "TransformerEncoderLayer", "fuse_conv_relu"]

@@ -124,7 +124,7 @@ class TransformerEncoderLayer(_Layer, nn.TransformerEncoderLayer):
     Masks: src_mask bool (True = may not attend) or float (added), (L, L) or
     (batch * nhead, L, L); src_key_padding_mask bool (True = padded) or float, (batch, L).
     is_causal=True says src_mask is the causal mask: the fused op then skips the tiles
-    above the diagonal (when there is no key padding mask).
+    above the diagonal.
     A query whose keys are all masked gives zeros where torch.nn's eval-mode fast path gives
     NaN (see the module docstring for all differences).
     """
@@ -164,7 +164,7 @@ class TransformerDecoderLayer(_Layer, nn.TransformerDecoderLayer):
         S, memory_N, _ = _sequence(memory, "memory", attn.embed_dim, attn.batch_first)
         if memory.dim() != tgt.dim() or memory_N != N:
             raise RuntimeError(f"memory and tgt must have the same batch size (or both be unbatched), but got "
-                             f"shapes {list(memory.shape)} and {list(tgt.shape)}")
+                               f"shapes {list(memory.shape)} and {list(tgt.shape)}")
         _check_attn_mask(tgt_mask, "tgt_mask", tgt_is_causal, "tgt_is_causal", T, T, N, attn.num_heads)
         _check_attn_mask(memory_mask, "memory_mask", memory_is_causal, "memory_is_causal", T, S, N, attn.num_heads)
         _check_padding_mask(tgt_key_padding_mask, "tgt_key_padding_mask", T, N, batched)

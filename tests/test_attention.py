@@ -17,7 +17,7 @@ import dll_ext
 import dll_ext.functional
 from dll_ext.functional import scaled_dot_product_attention as attention
 
-from conftest import max_err
+from conftest import DEVICES, max_err, requires_cuda
 
 ARG_ERRORS = (RuntimeError, ValueError, TypeError)
 
@@ -137,6 +137,51 @@ def test_three_dimensional_inputs_float_padding_and_mask_dtype():
 def test_scale_argument():
     q, k, v = qkv(1, 2, 5, 5, 4, 4)
     torch.testing.assert_close(attention(q, k, v, scale=0.7), reference(q, k, v, scale=0.7))
+
+
+def pytorch_in_dtype(q, k, v, attn_mask, padding, causal):
+    """softmax(q k^T / sqrt(E) + masks) v done by PyTorch in the inputs' own dtype."""
+    L, S = q.shape[-2], k.shape[-2]
+    s = (q @ k.transpose(-1, -2)) * (1 / math.sqrt(q.shape[-1]))
+    if attn_mask is not None:
+        s = s.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else s + attn_mask
+    if padding is not None:
+        s = s.masked_fill(padding[:, None, None, :], float("-inf"))
+    if causal:
+        s = s.masked_fill(torch.ones(L, S, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+    return torch.softmax(s, -1) @ v
+
+
+def low_precision(dtype, *tensors):
+    return [t if t is None or t.dtype == torch.bool else t.detach().to(dtype).requires_grad_(t.requires_grad)
+            for t in tensors]
+
+
+@pytest.mark.parametrize("mask", ["none", "causal", "float_BHLS", "bool_padding_causal"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("device", DEVICES)
+def test_low_precision_within_twice_pytorch_error(device, dtype, mask):
+    # FlashAttention's rule: the error against the float64 reference is at most twice that of
+    # the same math done by PyTorch in the same dtype (plus a small epsilon); gradients too.
+    B, H, L, S, E, Ev = 2, 2, 70, 150, 64, 32
+    q, k, v = qkv(B, H, L, S, E, Ev, dtype=torch.float32)
+    attn_mask, padding, causal = masks(mask, B, H, L, S, torch.float32)
+    expected = reference(q, k, v, attn_mask, padding, causal)
+    lq, lk, lv, lmask = low_precision(dtype, *[None if t is None else t.to(device) for t in (q, k, v, attn_mask)])
+    padding = None if padding is None else padding.to(device)
+    out = attention(lq, lk, lv, attn_mask=lmask, is_causal=causal, key_padding_mask=padding)
+    pytorch = pytorch_in_dtype(lq, lk, lv, lmask, padding, causal)
+    assert out.dtype == dtype
+    assert max_err(out, expected) <= 2 * max_err(pytorch, expected) + 1e-3
+    grad = torch.randn(out.shape)
+    inputs = [q, k, v] + ([attn_mask] if lmask is not None and lmask.requires_grad else [])
+    low_inputs = [lq, lk, lv] + ([lmask] if lmask is not None and lmask.requires_grad else [])
+    want = torch.autograd.grad(expected, inputs, grad.double())
+    got = torch.autograd.grad(out, low_inputs, grad.to(device, dtype))
+    theirs = torch.autograd.grad(pytorch, low_inputs, grad.to(device, dtype))
+    for a, t, e in zip(got, theirs, want):
+        assert a.dtype == dtype
+        assert max_err(a, e) <= 2 * max_err(t, e) + 1e-3
 
 
 # ========================================================================================
@@ -391,8 +436,8 @@ BAD_INPUTS = {
                        r"key_padding_mask must have shape \(batch, S\) = \[2, 7\], but got \[2, 6\]"),
     "padding_float_op": (lambda: call(key_padding_mask=torch.zeros(2, 7)), r"key_padding_mask must be bool"),
     "dtype_mix": (lambda: call(k=K.double()), r"key has dtype Double but query has dtype Float"),
-    "int_inputs": (lambda: call(q=Q.long(), k=K.long(), v=V.long()), r"Long is not supported"),
-    "bfloat16_not_yet": (lambda: call(q=Q.bfloat16(), k=K.bfloat16(), v=V.bfloat16()), r"BFloat16 is not supported"),
+    "int_inputs": (lambda: call(q=Q.long(), k=K.long(), v=V.long()), r"Long is not supported on cpu; supported: float32, float64"),
+    "int8_inputs": (lambda: call(q=Q.to(torch.int8), k=K.to(torch.int8), v=V.to(torch.int8)), r"Char is not supported"),
     "scale_inf": (lambda: call(scale=float("inf")), r"scale must be finite"),
     "functional_rank": (lambda: attention(Q[0, 0], K[0, 0], V[0, 0]), r"query must be 3-D or 4-D"),
 }
@@ -444,3 +489,103 @@ def test_property_matches_reference(p):
     want = torch.autograd.grad(expected.sum(), [q, k, v])
     for a, e in zip(got, want):
         assert max_err(a, e) <= 1e-9 * max(1.0, e.abs().max().item())
+
+
+# ========================================================================================
+# CUDA (skipped without a GPU)
+# ========================================================================================
+
+CUDA_SHAPES = [(1, 1, 1, 1, 1, 1), (2, 3, 17, 33, 5, 7), (1, 2, 70, 45, 64, 64), (2, 1, 33, 65, 128, 96),
+               (1, 1, 20, 40, 256, 256), (1, 1, 9, 300, 16, 200)]
+
+
+def to_cuda(*tensors):
+    return [None if t is None else t.detach().cuda().requires_grad_(t.requires_grad) for t in tensors]
+
+
+@pytest.mark.cuda
+@requires_cuda
+@pytest.mark.parametrize("mask", MASKS)
+@pytest.mark.parametrize("shape", CUDA_SHAPES, ids=["x".join(map(str, s)) for s in CUDA_SHAPES])
+def test_cuda_float32_matches_reference(shape, mask):
+    B, H, L, S, E, Ev = shape
+    q, k, v = qkv(*shape, dtype=torch.float32)
+    attn_mask, padding, causal = masks(mask, B, H, L, S, torch.float32)
+    expected = reference(q, k, v, attn_mask, padding, causal)
+    cq, ck, cv, cmask, cpad = to_cuda(q, k, v, attn_mask, padding)
+    out = attention(cq, ck, cv, attn_mask=cmask, is_causal=causal, key_padding_mask=cpad)
+    assert out.is_cuda and max_err(out, expected) <= 2e-5
+    inputs = [q, k, v] + ([attn_mask] if attn_mask is not None and attn_mask.requires_grad else [])
+    cuda_inputs = [cq, ck, cv] + ([cmask] if cmask is not None and cmask.requires_grad else [])
+    grad = torch.randn(out.shape)
+    want = torch.autograd.grad(expected, inputs, grad.double())
+    got = torch.autograd.grad(out, cuda_inputs, grad.cuda())
+    for a, e in zip(got, want):
+        assert max_err(a, e) <= 1e-4 * max(1.0, e.abs().max().item())
+
+
+@pytest.mark.cuda
+@requires_cuda
+@pytest.mark.parametrize("mask", ["none", "causal", "float_BHLS", "bool_padding_causal"])
+def test_cuda_dropout_matches_cpu(mask):
+    # One hash decides the mask on every device: the same seed drops the same probabilities.
+    B, H, L, S, E, Ev = 2, 2, 40, 70, 32, 16
+    q, k, v = qkv(B, H, L, S, E, Ev, dtype=torch.float32)
+    attn_mask, padding, causal = masks(mask, B, H, L, S, torch.float32)
+    cpu = torch.ops.dll_ext.attention(q, k, v, attn_mask, padding, causal, None, 0.3, SEED)
+    cq, ck, cv, cmask, cpad = to_cuda(q, k, v, attn_mask, padding)
+    out = torch.ops.dll_ext.attention(cq, ck, cv, cmask, cpad, causal, None, 0.3, SEED)
+    torch.testing.assert_close(out.cpu(), cpu, rtol=1e-4, atol=1e-5)
+    grad = torch.randn(out.shape)
+    want = torch.autograd.grad(cpu, [q, k, v], grad)
+    got = torch.autograd.grad(out, [cq, ck, cv], grad.cuda())
+    for a, e in zip(got, want):
+        torch.testing.assert_close(a.cpu(), e, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.cuda
+@requires_cuda
+def test_cuda_fully_masked_rows_strided_inputs_and_module():
+    q, k, v = to_cuda(*qkv(2, 2, 6, 5, 8, 8, dtype=torch.float32))
+    allowed = torch.ones(6, 5, dtype=torch.bool, device="cuda")
+    allowed[2] = False
+    out = attention(q, k, v, attn_mask=allowed)
+    assert torch.all(out[:, :, 2] == 0) and torch.isfinite(out).all()
+    grads = torch.autograd.grad(out.sum(), [q])
+    assert torch.all(grads[0][:, :, 2] == 0)
+    # Head views of a projection (non-contiguous rows) are read in place.
+    x = torch.randn(7, 3, 2, 8, device="cuda").permute(1, 2, 0, 3)
+    torch.testing.assert_close(attention(x, x, x), attention(x.contiguous(), x.contiguous(), x.contiguous()))
+    native = torch.nn.MultiheadAttention(16, 4).cuda()
+    ours = dll_ext.nn.MultiheadAttention(16, 4).cuda()
+    ours.load_state_dict(native.state_dict())
+    y = torch.randn(9, 3, 16, device="cuda")
+    padding = torch.zeros(3, 9, dtype=torch.bool, device="cuda")
+    padding[1, 6:] = True
+    torch.testing.assert_close(ours(y, y, y, key_padding_mask=padding, need_weights=False)[0],
+                               native(y, y, y, key_padding_mask=padding, need_weights=False)[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.cuda
+@requires_cuda
+def test_cuda_opcheck_compile_and_bad_inputs():
+    q, k, v = to_cuda(*qkv(2, 2, 5, 7, 4, 3, dtype=torch.float32))
+    padding = torch.zeros(2, 7, dtype=torch.bool, device="cuda")
+    padding[0, 5:] = True
+    torch.library.opcheck(torch.ops.dll_ext.attention, (q, k, v, None, padding, True, 0.5, 0.2, SEED))
+    out, lse = torch.ops.dll_ext._attention_forward(q.detach(), k.detach(), v.detach(), None, padding, True, None,
+                                                    0.0, None)
+    assert lse.dtype == torch.float32
+    half = [t.detach().half() for t in (q, k, v)]
+    assert torch.ops.dll_ext._attention_forward(*half, None, None, False, None, 0.0, None)[1].dtype == torch.float32
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda q: attention(q, k, v, key_padding_mask=padding), fullgraph=True)
+    torch.testing.assert_close(compiled(q), attention(q, k, v, key_padding_mask=padding))
+    torch._dynamo.reset()
+    with pytest.raises(ARG_ERRORS, match=r"head dims up to 256 are supported on CUDA"):
+        big = torch.randn(1, 1, 2, 300, device="cuda")
+        attention(big, big, big)
+    with pytest.raises(ARG_ERRORS, match=r"Double is not supported on cuda; supported: float32, float16, bfloat16"):
+        attention(q.double(), k.double(), v.double())
+    with pytest.raises(ARG_ERRORS, match=r"key is on cpu but query is on cuda"):
+        attention(q, k.cpu(), v)

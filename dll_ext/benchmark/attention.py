@@ -17,12 +17,12 @@ OP = "attention"
 B, H, L, E = 8, 8, 512, 64
 
 
-def setup_case(kind: str, device: str) -> Impls:
+def setup_case(kind: str, device: str, dtype: torch.dtype = torch.float32) -> Impls:
     from dll_ext.functional import scaled_dot_product_attention
 
     generator = torch.Generator().manual_seed(0)
-    q, k, v = [torch.randn(B, H, L, E, generator=generator).to(device).requires_grad_() for _ in range(3)]
-    grad = torch.randn(B, H, L, E, generator=generator).to(device)
+    q, k, v = [torch.randn(B, H, L, E, generator=generator).to(device, dtype).requires_grad_() for _ in range(3)]
+    grad = torch.randn(B, H, L, E, generator=generator).to(device, dtype)
     ours_kwargs, native_kwargs = {}, {}
     if kind == "causal":
         ours_kwargs = native_kwargs = {"is_causal": True}
@@ -114,15 +114,20 @@ def _mha_flops() -> float:
 
 
 def cases(device: str = "cpu", quick: bool = False) -> List[Case]:
-    if device == "cuda":
-        return []  # the CUDA kernels are not written yet
+    # The bars are for the CPU; on CUDA the same cases report, in float32 (no TF32 on
+    # either side's score GEMMs in ours) and, for the causal case, in the low-precision dtypes.
+    targets = TARGETS if device == "cpu" else {}
     result = [Case(name=f"{kind}/L{L}/fwd+bwd", op=OP, shape=f"B{B} H{H} L=S{L} E{E}",
-                   setup=lambda kind=kind: setup_case(kind, device), flops=_flops(kind), target=TARGETS[kind])
+                   setup=lambda kind=kind: setup_case(kind, device), flops=_flops(kind), target=targets.get(kind))
               for kind in ("causal", "padding", "random")]
+    if device == "cuda":
+        result += [Case(name=f"causal/L{L}/fwd+bwd/{str(dtype)[6:]}", op=OP, shape=f"B{B} H{H} L=S{L} E{E}",
+                        setup=lambda dtype=dtype: setup_case("causal", device, dtype), flops=_flops("causal"),
+                        dtype=dtype) for dtype in (torch.float16, torch.bfloat16)]
     if not quick:
         result.append(Case(name=f"memory/L{MEMORY_L}/fwd vs naive", op=OP,
                            shape=f"B{MEMORY_BATCH} H{H} L=S{MEMORY_L} E{E}", setup=lambda: setup_memory(device),
                            flops=2 * 2.0 * MEMORY_BATCH * H * MEMORY_L * MEMORY_L * E, memory=True))
     result.append(Case(name="mha/self/fwd+bwd", op=OP, shape=f"B{MHA_BATCH} L{MHA_L} d{MHA_D} heads{MHA_HEADS}",
-                       setup=lambda: setup_mha(device), flops=_mha_flops(), target=1.0))
+                       setup=lambda: setup_mha(device), flops=_mha_flops(), target=1.0 if device == "cpu" else None))
     return result

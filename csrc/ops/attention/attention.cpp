@@ -9,6 +9,20 @@
 #include "ops/attention/attention.h"
 
 namespace dll_ext::attention {
+namespace {
+
+// A floating dtype as Python spells it (torch.float32 and so on), for messages.
+const char* torch_name(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return "float32";
+    case at::kDouble: return "float64";
+    case at::kHalf: return "float16";
+    case at::kBFloat16: return "bfloat16";
+    default: return c10::toString(t);
+  }
+}
+
+}  // namespace
 
 Problem check_and_resolve(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                           const std::optional<at::Tensor>& attn_mask,
@@ -34,7 +48,7 @@ Problem check_and_resolve(const char* op, const at::Tensor& q, const at::Tensor&
   const auto dtype = q.scalar_type();
   if (std::find(supported.begin(), supported.end(), dtype) == supported.end()) {
     std::string names;
-    for (const auto t : supported) names += std::string(names.empty() ? "" : ", ") + c10::toString(t);
+    for (const auto t : supported) names += std::string(names.empty() ? "" : ", ") + torch_name(t);
     TORCH_CHECK_TYPE(false, op, ": query dtype ", dtype, " is not supported on ", q.device().type(),
                      "; supported: ", names);
   }

@@ -7,6 +7,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <optional>
 
 #include "ops/attention/attention_dropout.h"
@@ -31,6 +32,15 @@ Problem check_and_resolve(const char* op, const at::Tensor& q, const at::Tensor&
                           std::optional<double> scale, double dropout_p,
                           const std::optional<at::Tensor>& dropout_seed,
                           std::initializer_list<at::ScalarType> supported);
+
+// A (B, H, rows, features) tensor whose rows the kernels (and BLAS) can address by a row
+// stride: unit stride along the features and a row stride of at least a row, as the head
+// views of a projection (MultiheadAttention's permuted q, k, v) have. Other layouts are
+// copied once.
+inline at::Tensor rows_addressable(const at::Tensor& t) {
+  const bool ok = t.stride(3) == 1 && t.stride(2) >= std::max<int64_t>(1, t.size(3));
+  return ok ? t : t.contiguous();
+}
 
 // The dtype of the row log-sum-exp: the accumulation type of the query's dtype.
 at::ScalarType lse_dtype(at::ScalarType query_dtype);

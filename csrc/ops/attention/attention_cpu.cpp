@@ -1,4 +1,5 @@
-// CPU kernels of the attention ops. Work is cut into tiles of kQueryBlock queries by kKeyBlock
+// CPU kernels of the attention ops (float32 and float64; bfloat16 and float16 through
+// float32). Work is cut into tiles of kQueryBlock queries by kKeyBlock
 // keys; the GEMMs of a tile call BLAS directly (common/blas.h), without the dispatcher's
 // per-call cost. Tiles whose every score is masked (above the causal diagonal, all keys
 // padded, an all-False block of a boolean mask) are skipped before their GEMM. Forward is
@@ -28,7 +29,18 @@ constexpr bool kNoTranspose = false, kTranspose = true;
 
 constexpr int64_t kQueryBlock = 128;
 constexpr int64_t kKeyBlock = 128;
-constexpr std::initializer_list<at::ScalarType> kSupported{at::kFloat, at::kDouble};
+constexpr std::initializer_list<at::ScalarType> kSupported{at::kFloat, at::kDouble, at::kBFloat16, at::kHalf};
+
+// bfloat16 and float16 run the float32 kernels on float32 copies of the inputs (extra memory
+// linear in the sequence length): results are rounded back, lse stays float32.
+bool reduced_precision(const at::Tensor& t) {
+  return t.scalar_type() == at::kBFloat16 || t.scalar_type() == at::kHalf;
+}
+
+std::optional<at::Tensor> as_float(const std::optional<at::Tensor>& t) {
+  if (!t || !reduced_precision(*t)) return t;
+  return t->to(at::kFloat);
+}
 
 template <typename T>
 constexpr T kNegInf = -std::numeric_limits<T>::infinity();
@@ -37,13 +49,6 @@ template <typename T>
 DLL_HOST_DEVICE T exp_of(T x) {
   if constexpr (std::is_same_v<T, float>) return exp_vectorisable(x);
   return std::exp(x);
-}
-
-// A (B, H, rows, features) tensor whose rows the GEMMs can address: unit stride along the
-// features and a row stride of at least a row. Other layouts are copied once.
-at::Tensor gemm_ready(const at::Tensor& t) {
-  const bool ok = t.stride(3) == 1 && t.stride(2) >= std::max<int64_t>(1, t.size(3));
-  return ok ? t : t.contiguous();
 }
 
 // value where keep, else -inf, without a branch (a bit blend on the float's bits): with a
@@ -97,7 +102,7 @@ struct Call {
   const bool* padding = nullptr;
 
   Call(const Problem& problem, const at::Tensor& q_, const at::Tensor& k_, const at::Tensor& v_)
-      : p(problem), q(gemm_ready(q_)), k(gemm_ready(k_)), v(gemm_ready(v_)) {
+      : p(problem), q(rows_addressable(q_)), k(rows_addressable(k_)), v(rows_addressable(v_)) {
     if (p.attn.defined()) {
       if (p.attn.scalar_type() == at::kBool) {
         bool_mask = p.attn.const_data_ptr<bool>();
@@ -339,6 +344,11 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_cpu(const at::Tensor& q, co
                                                          const std::optional<at::Tensor>& dropout_seed) {
   const Problem p = check_and_resolve("attention", q, k, v, attn_mask, key_padding_mask, is_causal, scale,
                                       dropout_p, dropout_seed, kSupported);
+  if (reduced_precision(q)) {
+    auto [out, lse] = attention_forward_cpu(q.to(at::kFloat), k.to(at::kFloat), v.to(at::kFloat), as_float(attn_mask),
+                                            key_padding_mask, is_causal, scale, dropout_p, dropout_seed);
+    return {out.to(q.scalar_type()), lse};
+  }
   at::Tensor out = at::empty({p.batch, p.heads, p.queries, p.value_dim}, q.options());
   at::Tensor lse = at::empty({p.batch, p.heads, p.queries}, q.options());
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "attention_forward_cpu", [&] {
@@ -363,6 +373,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::optional<at::Tensor>> attent
   const Problem p = check_and_resolve("attention_backward", q, k, v, attn_mask, key_padding_mask, is_causal, scale,
                                       dropout_p, dropout_seed, kSupported);
   check_backward_inputs(p, q, grad_out, out, lse, mask_grad);
+  if (reduced_precision(q)) {
+    const auto f = [](const at::Tensor& t) { return t.to(at::kFloat); };
+    auto [dq, dk, dv, dmask] =
+        attention_backward_cpu(f(grad_out), f(q), f(k), f(v), f(out), lse, as_float(attn_mask), key_padding_mask,
+                               is_causal, scale, dropout_p, dropout_seed, mask_grad);
+    const auto dtype = q.scalar_type();
+    if (dmask) dmask = dmask->to(dtype);
+    return {dq.to(dtype), dk.to(dtype), dv.to(dtype), dmask};
+  }
   at::Tensor grad_q = at::zeros({p.batch, p.heads, p.queries, p.head_dim}, q.options());
   at::Tensor grad_k = at::zeros({p.batch, p.heads, p.keys, p.head_dim}, q.options());
   at::Tensor grad_v = at::zeros({p.batch, p.heads, p.keys, p.value_dim}, q.options());

@@ -289,11 +289,16 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
       for (int64_t e = 0; e < D; ++e) atomicAdd(&dk_tile[lane * kp + e], ds * q_row[e]);
     }
     if (__any_sync(kFullMask, ds != 0.0f)) {
-      // dQ_i += scale * sum_j dS_ij K_j, a lane per feature.
-      for (int64_t e = lane; e < D; e += kWarp) {
+      // dQ_i += scale * sum_j dS_ij K_j, a lane per feature. Every lane runs every round (the
+      // shuffles need the whole warp), also past the last feature.
+      for (int64_t e0 = 0; e0 < D; e0 += kWarp) {
+        const int64_t e = e0 + lane;
         float acc = 0.0f;
-        for (int jj = 0; jj < kTileKeys; ++jj) acc += __shfl_sync(kFullMask, ds, jj) * k_tile[jj * kp + e];
-        atomicAdd(&grad_q[(bh * a.queries + i) * D + e], a.scale * acc);
+        for (int jj = 0; jj < kTileKeys; ++jj) {
+          const float ds_j = __shfl_sync(kFullMask, ds, jj);
+          if (e < D) acc += ds_j * k_tile[jj * kp + e];
+        }
+        if (e < D) atomicAdd(&grad_q[(bh * a.queries + i) * D + e], a.scale * acc);
       }
     }
     __syncwarp();  // the row buffers are overwritten next

@@ -13,7 +13,7 @@
 // (GCC/Clang function multiversioning), so memory-bound passes get AVX2 without
 // requiring them: the build itself targets baseline x86-64. Elsewhere it is a no-op.
 #if defined(__x86_64__) && defined(__linux__) && !defined(__CUDACC__) && !defined(__SANITIZE_ADDRESS__)
-#define DLL_CPU_CLONES __attribute__((target_clones("avx2", "default")))
+#define DLL_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define DLL_CPU_CLONES
 #endif

@@ -142,42 +142,70 @@ struct Call {
     return false;
   }
 
-  // scores (rows x cols, leading dimension kKeyBlock) = scale * q k^T with the masks applied:
-  // masked scores are -inf, an additive mask is added.
+  // scores (rows x cols, leading dimension kKeyBlock) = scale * q k^T, without the masks.
   void scores(int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t j0, int64_t cols, T* s) const {
     // Row-major S = Q K^T is column-major S^T = K Q^T.
     gemm(kTranspose, kNoTranspose, cols, rows, p.head_dim, static_cast<T>(p.scale),
          head_rows(k, b, h, j0), k.stride(2), head_rows(q, b, h, i0), q.stride(2), T(0), s, kKeyBlock);
-    const bool* pad = padding ? padding + b * p.keys + j0 : nullptr;
-    for (int64_t r = 0; r < rows; ++r) {
-      const int64_t i = i0 + r, at = mask_offset(b, h, i, j0);
-      // Keys after the query's position are masked under is_causal (top-left aligned).
-      const int64_t causal_from = p.causal ? std::clamp<int64_t>(i + 1 - j0, 0, cols) : cols;
-      mask_row(s + r * kKeyBlock, cols, bool_mask ? bool_mask + at : nullptr, add_mask ? add_mask + at : nullptr,
-               mask_strides[3], pad, causal_from);
-    }
+  }
+
+  // The masks of query i's scores of keys [j0, j0 + cols), in place: masked scores become -inf,
+  // an additive mask is added. Applied row by row, just before the row's softmax pass, so that
+  // the row is still in L1 for it (a whole tile is not).
+  void mask(int64_t b, int64_t h, int64_t i, int64_t j0, int64_t cols, T* row) const {
+    const int64_t at = mask_offset(b, h, i, j0);
+    // Keys after the query's position are masked under is_causal (top-left aligned).
+    const int64_t causal_from = p.causal ? std::clamp<int64_t>(i + 1 - j0, 0, cols) : cols;
+    mask_row(row, cols, bool_mask ? bool_mask + at : nullptr, add_mask ? add_mask + at : nullptr, mask_strides[3],
+             padding ? padding + b * p.keys + j0 : nullptr, causal_from);
   }
 };
+
+// The maximum and the sum of a row, each over kLanes independent partial results: one running
+// value is a serial dependency that keeps the compiler from using vector instructions.
+template <typename T>
+constexpr int kLanes = 64 / sizeof(T);
+
+template <typename T>
+DLL_HOST_DEVICE T row_max(const T* s, int64_t cols) {
+  T lanes[kLanes<T>];
+  for (T& lane : lanes) lane = kNegInf<T>;
+  int64_t c = 0;
+  for (; c + kLanes<T> <= cols; c += kLanes<T>) {
+    for (int l = 0; l < kLanes<T>; ++l) lanes[l] = s[c + l] > lanes[l] ? s[c + l] : lanes[l];
+  }
+  for (; c < cols; ++c) lanes[0] = s[c] > lanes[0] ? s[c] : lanes[0];
+  T result = kNegInf<T>;
+  for (const T lane : lanes) result = lane > result ? lane : result;
+  return result;
+}
+
+template <typename T>
+DLL_HOST_DEVICE T row_sum(const T* s, int64_t cols) {
+  T lanes[kLanes<T>] = {};
+  int64_t c = 0;
+  for (; c + kLanes<T> <= cols; c += kLanes<T>) {
+    for (int l = 0; l < kLanes<T>; ++l) lanes[l] += s[c + l];
+  }
+  for (; c < cols; ++c) lanes[0] += s[c];
+  T result = 0;
+  for (const T lane : lanes) result += lane;
+  return result;
+}
 
 // The online-softmax update of one tile's row: s becomes the row's probabilities relative
 // to the new running max; returns the factor by which earlier sums and outputs shrink.
 template <typename T>
 DLL_CPU_CLONES T softmax_update(T* s, int64_t cols, T& max, T& sum) {
-  T tile_max = kNegInf<T>;
-  for (int64_t c = 0; c < cols; ++c) tile_max = s[c] > tile_max ? s[c] : tile_max;
+  const T tile_max = row_max(s, cols);
   const T new_max = tile_max > max ? tile_max : max;
   if (new_max == kNegInf<T>) {  // nothing unmasked in this row yet
     for (int64_t c = 0; c < cols; ++c) s[c] = T(0);
     return T(1);
   }
   const T shrink = max == kNegInf<T> ? T(0) : exp_of(max - new_max);
-  T tile_sum = 0;
-  for (int64_t c = 0; c < cols; ++c) {
-    const T e = s[c] == kNegInf<T> ? T(0) : exp_of(s[c] - new_max);
-    s[c] = e;
-    tile_sum += e;
-  }
-  sum = sum * shrink + tile_sum;
+  for (int64_t c = 0; c < cols; ++c) s[c] = s[c] == kNegInf<T> ? T(0) : exp_of(s[c] - new_max);
+  sum = sum * shrink + row_sum(s, cols);
   max = new_max;
   return shrink;
 }
@@ -233,6 +261,7 @@ void forward_kernel(const Call<T>& call, at::Tensor& out, at::Tensor& lse) {
         call.scores(b, h, i0, rows, j0, cols, s.data());
         for (int64_t r = 0; r < rows; ++r) {
           T* row = s.data() + r * kKeyBlock;
+          call.mask(b, h, i0 + r, j0, cols, row);
           const T shrink = softmax_update(row, cols, max[r], sum[r]);
           // Dropout acts on the probabilities after their sum is taken: the softmax's
           // normaliser is that of the undropped row.
@@ -298,6 +327,7 @@ void backward_kernel(const Call<T>& call, const at::Tensor& grad_out, const at::
           if (call.tile_masked(b, h, i0, rows, j0, cols)) continue;
           call.scores(b, h, i0, rows, j0, cols, s.data());
           for (int64_t r = 0; r < rows; ++r) {
+            call.mask(b, h, i0 + r, j0, cols, s.data() + r * kKeyBlock);
             probabilities_row(s.data() + r * kKeyBlock, cols, lse_data[q_row + r]);
             if (drop.active) {
               dropout_row_apply(dropped.data() + r * kKeyBlock, s.data() + r * kKeyBlock, cols,

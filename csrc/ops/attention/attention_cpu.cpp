@@ -27,7 +27,7 @@ namespace {
 using blas::gemm;
 constexpr bool kNoTranspose = false, kTranspose = true;
 
-constexpr int64_t kQueryBlock = 128;
+constexpr int64_t kQueryBlock = 64;
 constexpr int64_t kKeyBlock = 128;
 constexpr std::initializer_list<at::ScalarType> kSupported{at::kFloat, at::kDouble, at::kBFloat16, at::kHalf};
 
@@ -96,7 +96,9 @@ template <typename T>
 struct Call {
   const Problem& p;
   at::Tensor q, k, v;
-  const bool* bool_mask = nullptr;
+  at::Tensor own_allowed, own_added;  // the (L, S) masks made for a broadcast boolean mask
+  const bool* allowed = nullptr;      // boolean attn_mask, for skipping tiles
+  const bool* bool_mask = nullptr;    // boolean attn_mask applied to rows, unless turned additive
   const T* add_mask = nullptr;
   std::array<int64_t, 4> mask_strides{};
   const bool* padding = nullptr;
@@ -104,12 +106,21 @@ struct Call {
   Call(const Problem& problem, const at::Tensor& q_, const at::Tensor& k_, const at::Tensor& v_)
       : p(problem), q(rows_addressable(q_)), k(rows_addressable(k_)), v(rows_addressable(v_)) {
     if (p.attn.defined()) {
-      if (p.attn.scalar_type() == at::kBool) {
-        bool_mask = p.attn.const_data_ptr<bool>();
-      } else {
-        add_mask = p.attn.const_data_ptr<T>();
-      }
       for (int d = 0; d < 4; ++d) mask_strides[d] = p.attn.stride(d);
+      if (p.attn.scalar_type() != at::kBool) {
+        add_mask = p.attn.const_data_ptr<T>();
+      } else if (mask_strides[0] == 0 && mask_strides[1] == 0) {
+        // One (L, S) boolean mask for every (batch, head): applied as an additive 0/-inf mask
+        // made once (L * S values), since adding a row is cheaper than blending one by its
+        // bytes, and every (batch, head) applies it again.
+        own_allowed = p.attn[0][0].contiguous();
+        own_added = at::zeros({p.queries, p.keys}, q_.options()).masked_fill_(own_allowed.logical_not(), kNegInf<T>);
+        allowed = own_allowed.const_data_ptr<bool>();
+        add_mask = own_added.const_data_ptr<T>();
+        mask_strides = {0, 0, p.keys, 1};
+      } else {
+        allowed = bool_mask = p.attn.const_data_ptr<bool>();
+      }
     }
     if (p.key_padding.defined()) padding = p.key_padding.const_data_ptr<bool>();
   }
@@ -131,10 +142,10 @@ struct Call {
       for (int64_t c = 0; c < cols && all; ++c) all = pad[c];
       if (all) return true;
     }
-    if (bool_mask) {
+    if (allowed) {
       for (int64_t r = 0; r < rows; ++r) {
         for (int64_t c = 0; c < cols; ++c) {
-          if (bool_mask[mask_offset(b, h, i0 + r, j0 + c)]) return false;
+          if (allowed[mask_offset(b, h, i0 + r, j0 + c)]) return false;
         }
       }
       return true;

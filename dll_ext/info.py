@@ -4,7 +4,9 @@ import torch
 from dll_ext._loader import build_config
 from dll_ext.ops import OPS
 
-BACKENDS = ("CPU", "CUDA", "Meta", "Autograd")
+# CompositeExplicitAutograd: one kernel for every device, made of other ops (attention is
+# _attention_forward's output below autograd).
+BACKENDS = ("CPU", "CUDA", "CompositeExplicitAutograd", "Meta", "Autograd")
 
 
 def _backends(op):

@@ -59,6 +59,7 @@ def test_info_lists_versions_and_op_backends():
     assert {"Meta", "Autograd"} <= set(data["ops"]["conv2d_relu"])
     assert "Meta" in data["ops"]["conv2d_relu_backward"]
     assert ("CUDA" in data["ops"]["conv2d_relu"]) == data["cuda_built"]
+    assert "CompositeExplicitAutograd" in data["ops"]["attention"]
 
 
 def test_info_command():

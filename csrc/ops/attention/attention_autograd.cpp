@@ -68,6 +68,14 @@ class AttentionFunction : public torch::autograd::Function<AttentionFunction> {
   }
 };
 
+// Below autograd (no grad, or in a traced graph) attention is _attention_forward's output, on
+// every device.
+at::Tensor attention_forward_only(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                  const OptTensor& attn_mask, const OptTensor& key_padding_mask, bool is_causal,
+                                  std::optional<double> scale, double dropout_p, const OptTensor& dropout_seed) {
+  return std::get<0>(call_forward(q, k, v, attn_mask, key_padding_mask, is_causal, scale, dropout_p, dropout_seed));
+}
+
 at::Tensor attention_autograd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                               const OptTensor& attn_mask, const OptTensor& key_padding_mask, bool is_causal,
                               std::optional<double> scale, double dropout_p, const OptTensor& dropout_seed) {
@@ -87,6 +95,10 @@ Grads attention_backward_autograd(const at::Tensor& grad_out, const at::Tensor& 
 
 }  // namespace
 }  // namespace dll_ext::attention
+
+TORCH_LIBRARY_IMPL(dll_ext, CompositeExplicitAutograd, m) {
+  m.impl("attention", &dll_ext::attention::attention_forward_only);
+}
 
 TORCH_LIBRARY_IMPL(dll_ext, Autograd, m) {
   m.impl("attention", &dll_ext::attention::attention_autograd);

@@ -398,14 +398,6 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_cpu(const at::Tensor& q, co
   return {out, lse};
 }
 
-at::Tensor attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                         const std::optional<at::Tensor>& attn_mask,
-                         const std::optional<at::Tensor>& key_padding_mask, bool is_causal,
-                         std::optional<double> scale, double dropout_p, const std::optional<at::Tensor>& dropout_seed) {
-  return std::get<0>(
-      attention_forward_cpu(q, k, v, attn_mask, key_padding_mask, is_causal, scale, dropout_p, dropout_seed));
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor, std::optional<at::Tensor>> attention_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const at::Tensor& out, const at::Tensor& lse, const std::optional<at::Tensor>& attn_mask,
@@ -440,7 +432,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::optional<at::Tensor>> attent
 }  // namespace dll_ext::attention
 
 TORCH_LIBRARY_IMPL(dll_ext, CPU, m) {
-  m.impl("attention", &dll_ext::attention::attention_cpu);
   m.impl("_attention_forward", &dll_ext::attention::attention_forward_cpu);
   m.impl("attention_backward", &dll_ext::attention::attention_backward_cpu);
 }

@@ -378,15 +378,6 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_cuda(const at::Tensor& q, c
   return {out, lse};
 }
 
-at::Tensor attention_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                          const std::optional<at::Tensor>& attn_mask,
-                          const std::optional<at::Tensor>& key_padding_mask, bool is_causal,
-                          std::optional<double> scale, double dropout_p,
-                          const std::optional<at::Tensor>& dropout_seed) {
-  return std::get<0>(
-      attention_forward_cuda(q, k, v, attn_mask, key_padding_mask, is_causal, scale, dropout_p, dropout_seed));
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor, std::optional<at::Tensor>> attention_backward_cuda(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const at::Tensor& out, const at::Tensor& lse, const std::optional<at::Tensor>& attn_mask,
@@ -436,7 +427,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::optional<at::Tensor>> attent
 }  // namespace dll_ext::attention
 
 TORCH_LIBRARY_IMPL(dll_ext, CUDA, m) {
-  m.impl("attention", &dll_ext::attention::attention_cuda);
   m.impl("_attention_forward", &dll_ext::attention::attention_forward_cuda);
   m.impl("attention_backward", &dll_ext::attention::attention_backward_cuda);
 }

@@ -1,7 +1,9 @@
-"""The dll-ext command: `dll-ext info`, `dll-ext bench`."""
+"""The dll-ext command: `dll-ext info`, `dll-ext bench`, `dll-ext train`."""
 import argparse
 import json
 import sys
+
+from dll_ext.training.pipeline import PIPELINES
 
 
 def _info(args):
@@ -18,6 +20,20 @@ def _bench(args):
     return run_benchmarks(device=args.device, quick=args.quick, op=args.op, out_dir=args.out)
 
 
+def _train(args):
+    from dll_ext.training.command import run
+    from dll_ext.training.errors import TrainingError
+
+    try:
+        return run(args.pipeline, args.options)
+    except TrainingError as e:
+        print(f"dll-ext train: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dll-ext train: interrupted", file=sys.stderr)
+        return 130
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="dll-ext", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -30,6 +46,11 @@ def main(argv=None):
     p.add_argument("--op", help="only this op (e.g. conv2d_relu)")
     p.add_argument("--out", default="bench-results", help="folder for the JSON and PNG results")
     p.set_defaults(func=_bench)
+    p = sub.add_parser("train", help="train one of the course's pipelines (dll-ext train PIPELINE --help)",
+                       description="Train a pipeline; `dll-ext train PIPELINE --help` lists its options.")
+    p.add_argument("pipeline", choices=list(PIPELINES))
+    p.add_argument("options", nargs=argparse.REMAINDER, help="the pipeline's options")
+    p.set_defaults(func=_train)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -1,0 +1,66 @@
+"""Reading checkpoints safely and averaging their weights.
+
+A checkpoint is untrusted input: it is read with `torch.load(weights_only=True)`, which only
+rebuilds tensors and plain containers (full unpickling could run any code), so everything saved
+is kept in those types: state_dicts, numbers, strings, lists and dicts. Every file carries
+FORMAT and its pipeline's name, so a file of another pipeline or program is refused by name.
+"""
+import pickle
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+
+from dll_ext.training.errors import TrainingError
+
+FORMAT = "dll_ext.training/1"
+
+
+def _reason(e: Exception) -> str:
+    if isinstance(e, pickle.UnpicklingError):
+        return "it holds objects other than tensors and plain data, which are never unpickled"
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
+def load_checkpoint(path, pipeline: Optional[str] = None) -> dict:
+    """The dict saved at `path`, read safely onto the CPU; TrainingError if it is missing, corrupt,
+    not a dll-ext training file, or (with `pipeline`) written by another pipeline."""
+    path = Path(path)
+    if not path.is_file():
+        raise TrainingError(f"no checkpoint at {path}")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise TrainingError(f"cannot read checkpoint {path} (corrupt, truncated or not a checkpoint): "
+                            f"{_reason(e)}") from e
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise TrainingError(f"{path} is not a dll-ext training checkpoint")
+    if pipeline is not None and data.get("pipeline") != pipeline:
+        raise TrainingError(f"{path} is a checkpoint of the {data.get('pipeline')!r} pipeline, "
+                            f"not of {pipeline!r}")
+    return data
+
+
+def load_weights(model: torch.nn.Module, state: Dict[str, torch.Tensor], path) -> None:
+    """model.load_state_dict(state), with a mismatch (another model's weights) as a TrainingError."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        details = "; ".join(line.strip() for line in str(e).splitlines()[1:] if line.strip())
+        if len(details) > 300:
+            details = details[:300] + " ..."
+        raise TrainingError(f"{path} holds the weights of another model ({details})") from e
+
+
+def average_state_dicts(states: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
+    """The element-wise mean of floating-point entries (summed in float64, cast back); other
+    entries (integer counters such as BatchNorm's num_batches_tracked) come from the last state."""
+    averaged = {}
+    for key, last in states[-1].items():
+        if last.is_floating_point():
+            total = sum(state[key].double() for state in states)
+            averaged[key] = (total / len(states)).to(last.dtype)
+        else:
+            averaged[key] = last.clone()
+    return averaged

@@ -1,0 +1,1 @@
+"""The course pipelines, one module each (registered in dll_ext.training.pipeline.PIPELINES)."""

@@ -134,6 +134,15 @@ def test_three_dimensional_inputs_float_padding_and_mask_dtype():
     torch.testing.assert_close(out, expected[:, 0].float())
 
 
+@pytest.mark.parametrize("B,H", [(0, 2), (2, 0)])
+def test_empty_batch_or_heads_with_a_broadcast_mask(B, H):
+    q, k, v = qkv(B, H, 3, 4, 2, 2)
+    out = attention(q, k, v, attn_mask=torch.ones(3, 4, dtype=torch.bool))
+    assert out.shape == (B, H, 3, 2)
+    out.sum().backward()
+    assert q.grad.shape == q.shape
+
+
 def test_scale_argument():
     q, k, v = qkv(1, 2, 5, 5, 4, 4)
     torch.testing.assert_close(attention(q, k, v, scale=0.7), reference(q, k, v, scale=0.7))

@@ -109,7 +109,7 @@ struct Call {
       for (int d = 0; d < 4; ++d) mask_strides[d] = p.attn.stride(d);
       if (p.attn.scalar_type() != at::kBool) {
         add_mask = p.attn.const_data_ptr<T>();
-      } else if (mask_strides[0] == 0 && mask_strides[1] == 0) {
+      } else if (mask_strides[0] == 0 && mask_strides[1] == 0 && p.batch > 0 && p.heads > 0) {
         // One (L, S) boolean mask for every (batch, head): applied as an additive 0/-inf mask
         // made once (L * S values), since adding a row is cheaper than blending one by its
         // bytes, and every (batch, head) applies it again.

@@ -21,12 +21,13 @@ def _bench(args):
 
 
 def _train(args):
+    from dll_ext.data.errors import DataError
     from dll_ext.training.command import run
     from dll_ext.training.errors import TrainingError
 
     try:
         return run(args.pipeline, args.options)
-    except TrainingError as e:
+    except (TrainingError, DataError) as e:  # the user's options, files or data: one line
         print(f"dll-ext train: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -20,11 +20,13 @@ import torch
 from torch.utils.data import Dataset
 
 from dll_ext.cli import main
-from dll_ext.training import TrainingError, average_state_dicts, load_checkpoint, save_torch
+from dll_ext.data.errors import DataError
+from dll_ext.training import (PIPELINES, Pipeline, TrainingError, average_state_dicts, load_checkpoint,
+                              save_torch)
 from dll_ext.training.command import parse_options
 from dll_ext.training.data import train_loader
 from dll_ext.training.distributed import DistEnv
-from dll_ext.training.pipelines.regression import PIPELINE
+from dll_ext.training.pipelines.regression import PIPELINE as REGRESSION
 from dll_ext.training.seeding import seed_everything
 
 SMALL = ["--quick", "--points", "200", "--batch-size", "16", "--device", "cpu"]
@@ -229,22 +231,34 @@ def test_atomic_write_keeps_the_old_checkpoint(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["checkpoint.pt"]  # no temporary file left behind
 
 
-def test_ddp_two_processes_match_one(tmp_path):
-    """2 gloo processes with batches of 8 take the same steps as 1 process with batches of 16
-    (DistributedSampler splits each batch of the same permutation), up to summation order."""
-    single, ddp = tmp_path / "single", tmp_path / "ddp"
-    options = ["--epochs", "2", "--device", "cpu"]
-    assert train(single, *options) == 0
+def _torchrun(out, *options):
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "dll_ext.cli", "train", "regression", "--out", str(ddp), *SMALL, *options,
-         "--batch-size", "8"],
+         "-m", "dll_ext.cli", "train", "regression", "--out", str(out), *SMALL, *options],
         capture_output=True, text=True, timeout=120, env={**env, "OMP_NUM_THREADS": "1"})
+
+
+def test_ddp_two_processes_interrupted_and_resumed_match_one(tmp_path):
+    """2 gloo processes with batches of 8 take the same steps as 1 process with batches of 16
+    (DistributedSampler splits each batch of the same permutation), up to summation order; a
+    stop within an epoch saves every rank's state, and torchrun ... --resume continues."""
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    options = ["--epochs", "2"]
+    assert train(single, *options, "--batch-size", "16") == 0
+    stopped = _torchrun(ddp, *options, "--batch-size", "8", "--stop-after-steps", "5")
+    # The ranks exit with 130, which torchrun calls a failure (it then stops the ranks still exiting).
+    assert stopped.returncode != 0 and "exitcode  : 130" in stopped.stderr, stopped.stderr
+    assert stopped.stdout.count("stopped by SIGINT after step 5") == 1
+    checkpoint = load_checkpoint(ddp / "checkpoint.pt", "regression")
+    assert checkpoint["world_size"] == 2 and len(checkpoint["ranks"]) == 2
+    # Each rank's own generators (they differ: dropout masks must not repeat across ranks).
+    assert not torch.equal(checkpoint["ranks"][0]["rng"]["torch"], checkpoint["ranks"][1]["rng"]["torch"])
+    result = _torchrun(ddp, *options, "--resume")
     assert result.returncode == 0, result.stdout + result.stderr
     # Only rank 0 prints and writes.
-    assert result.stdout.count("epoch 1/2") == 1 and "2 processes" in result.stdout
-    assert len(os.listdir(ddp / "tensorboard")) == 1
+    assert result.stdout.count("epoch 2/2") == 1 and "2 processes" in result.stdout
+    assert len(os.listdir(ddp / "tensorboard")) == 2  # one event file per process that trained
     assert sorted(p.name for p in ddp.iterdir()) == sorted(p.name for p in single.iterdir())
     m_ddp, m_single = metrics(ddp), metrics(single)
     assert m_ddp["world_size"] == 2 and m_ddp["steps"] == m_single["steps"] == 2 * STEPS_PER_EPOCH
@@ -274,8 +288,8 @@ def test_early_stopping_tests_the_best_weights(tmp_path, capsys):
 
 def _test_loss(state, out):
     """MSE of the regression model with weights `state` on the test split of run `out`."""
-    args = parse_options(PIPELINE, [*SMALL, "--out", str(out)])
-    task = PIPELINE.build(args)
+    args = parse_options(REGRESSION, [*SMALL, "--out", str(out)])
+    task = REGRESSION.build(args)
     task.model.load_state_dict(state)
     task.model.eval()
     x, y = task.test_set.dataset[task.test_set.indices]
@@ -333,7 +347,7 @@ def test_gradient_clipping_bounds_each_step(tmp_path):
     assert train(out, "--epochs", "1", "--optimizer", "sgd", "--momentum", "0", "--scheduler", "none",
                  "--lr", str(lr), "--clip-norm", str(clip)) == 0
     seed_everything(0)  # as the trainer does before building the model
-    initial = PIPELINE.build(parse_options(PIPELINE, SMALL)).model.linear.weight
+    initial = REGRESSION.build(parse_options(REGRESSION, SMALL)).model.linear.weight
     moved = (weights(out / "checkpoint.pt")["linear.weight"] - initial).norm().item()
     assert 0.5 * lr * clip < moved <= STEPS_PER_EPOCH * lr * clip * 1.0001
 
@@ -427,6 +441,22 @@ def test_bad_options(capsys, tmp_path, options, match):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "dll-ext train regression: error:" in err and match in err, err
+
+
+class _MissingDataPipeline(Pipeline):
+    name = "missing-data"
+
+    def build(self, args):
+        raise DataError("/nowhere/data_batch_1 does not exist")
+
+
+PIPELINE = _MissingDataPipeline()  # found by get_pipeline through PIPELINES below
+
+
+def test_data_errors_of_a_pipeline_are_one_line(capsys, tmp_path, monkeypatch):
+    monkeypatch.setitem(PIPELINES, "missing-data", __name__)
+    assert main(["train", "missing-data", "--out", str(tmp_path), "--device", "cpu"]) == 2
+    assert capsys.readouterr().err == "dll-ext train: error: /nowhere/data_batch_1 does not exist\n"
 
 
 def test_unknown_pipeline(capsys):

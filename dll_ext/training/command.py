@@ -47,6 +47,10 @@ def run(name: str, argv: List[str]) -> int:
     args = parse_options(pipeline, argv)
     env = DistEnv.from_environment(args.device)
     try:
-        return train(pipeline, args, env)
+        code = train(pipeline, args, env)
+        # No rank exits before all are done: when one exits with an error code (a stop signal's),
+        # torchrun terminates the others, which must have written and flushed everything by then.
+        env.barrier()
+        return code
     finally:
         env.close()

@@ -15,7 +15,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, S
 
 from dll_ext.training.distributed import DistEnv
 from dll_ext.training.errors import TrainingError
-from dll_ext.training.seeding import derive_seed, init_worker
+from dll_ext.training.seeding import derive_seed
+from dll_ext.training.signals import init_worker, signals_held
 
 
 def split_dataset(dataset: Dataset, fractions: Sequence[float], seed: int) -> Tuple[Subset, ...]:
@@ -71,3 +72,9 @@ def eval_loader(dataset: Dataset, batch_size: int, env: DistEnv, workers: int = 
     """This rank's share of `dataset` (indices rank, rank + world_size, ...), in order."""
     shard = range(env.rank, len(dataset), env.world_size)
     return _loader(dataset, shard, batch_size, workers, collate_fn, 0)
+
+
+def batches(loader: DataLoader):
+    """iter(loader), with the stop signals held back while its worker processes start."""
+    with signals_held():
+        return iter(loader)

@@ -1,6 +1,5 @@
 """Seeds and random-number-generator states, in the plain types a weights_only checkpoint holds."""
 import random
-import signal
 
 import numpy as np
 import torch
@@ -42,13 +41,3 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def init_worker(worker_id: int) -> None:
-    """DataLoader worker_init_fn. The loader already seeds each worker's torch, NumPy and Python
-    generators from its own (seeded) generator; here the worker leaves SIGINT/SIGTERM, which a
-    terminal or Slurm sends to the whole process group, to the main process: it finishes its
-    step, saves a checkpoint and shuts the workers down itself (a worker killed by the signal
-    would make it fail instead)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)

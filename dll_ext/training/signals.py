@@ -4,6 +4,7 @@ SIGINT, 143 for SIGTERM), as a shell reports a process the signal ended. A secon
 its usual immediate effect; the atomic checkpoint write leaves the previous checkpoint intact."""
 import signal
 import threading
+from contextlib import contextmanager
 from typing import Optional
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -45,3 +46,26 @@ class StopSignals:
         if self.stop_after_steps is not None and step >= self.stop_after_steps:
             return int(signal.SIGINT)
         return 0
+
+
+@contextmanager
+def signals_held():
+    """Hold SIGINT/SIGTERM back (they stay pending) in this block: around the fork of DataLoader
+    workers, which inherit the mask, set the signals to be ignored and only then unblock them
+    (init_worker), so a signal sent to the whole process group is never fatal to a worker
+    that has just been started. This process receives it at the end of the block."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def init_worker(worker_id: int) -> None:
+    """DataLoader worker_init_fn: leave SIGINT/SIGTERM, which a terminal or Slurm sends to the
+    whole process group, to the main process; it finishes its step, saves a checkpoint and shuts
+    the workers down itself (a worker killed by the signal would make it fail instead). The
+    loader itself seeds each worker's torch, NumPy and Python generators from its generator."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # held back by signals_held

@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from dll_ext.training.atomic import save_json, save_torch
 from dll_ext.training.checkpoint import FORMAT, average_state_dicts, load_checkpoint, load_weights
-from dll_ext.training.data import eval_loader, steps_per_epoch, train_loader
+from dll_ext.training.data import batches, eval_loader, steps_per_epoch, train_loader
 from dll_ext.training.distributed import DistEnv
 from dll_ext.training.errors import TrainingError
 from dll_ext.training.metrics import MetricSums
@@ -127,13 +127,16 @@ class Trainer:
             save_torch({**self._header("weights"), "model": self.model.state_dict(), **extra}, path)
 
     def save(self) -> None:
-        """checkpoint.pt, from rank 0, with every rank's generators and partial metric sums."""
+        """checkpoint.pt, from rank 0, with every rank's generators and partial metric sums. Every
+        rank waits until it is written, and so are best.pt and the epoch weights, written before
+        it: the other ranks read them at the end."""
         ranks = self.env.gather({"rng": rng_state(), "partial": self.partial.state()})
         if self.env.is_main:
             save_torch({**self._header("run"), "model": self.model.state_dict(),
                         "optimizer": self.optimizer.state_dict(), "scheduler": self.schedule.state_dict(),
                         "progress": dataclasses.asdict(self.progress), "ranks": ranks,
                         "world_size": self.env.world_size}, self.out / CHECKPOINT)
+        self.env.barrier()
 
     def _epoch_path(self, epoch: int) -> Path:
         return self.out / EPOCHS_DIR / f"epoch-{epoch:04d}.pt"
@@ -177,7 +180,7 @@ class Trainer:
         self.train_model.train()
         self.monitor.start_epoch(p.epoch, args.epochs, self.steps_per_epoch, p.batch)
         self.epoch_start = time.perf_counter()
-        for batch in loader:
+        for batch in batches(loader):
             loss, grad_norm = self._step(batch)
             p.step += 1
             p.batch += 1
@@ -221,7 +224,8 @@ class Trainer:
         self.model.eval()
         sums = MetricSums(env.device)
         with torch.no_grad():
-            for batch in eval_loader(dataset, self.args.batch_size, env, self.args.workers, task.collate_fn):
+            loader = eval_loader(dataset, self.args.batch_size, env, self.args.workers, task.collate_fn)
+            for batch in batches(loader):
                 sums.add(task.loss(self.model, task.to_device(batch, env.device)))
         return task.summarize(sums.means(env))
 
@@ -260,7 +264,6 @@ class Trainer:
         """Test the best validation weights, write the pipeline's artefacts, evaluate the averaged
         weights (--average), plot the curves and write metrics.json."""
         args, p, env, out = self.args, self.progress, self.env, self.out
-        env.barrier()  # rank 0 has written best.pt and the epoch weights
         best = load_checkpoint(out / BEST, self.pipeline.name)
         if best.get("epoch") != p.best_epoch:
             raise TrainingError(f"{out / BEST} is not this run's best epoch ({p.best_epoch})")

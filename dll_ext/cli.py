@@ -1,8 +1,9 @@
-"""The dll-ext command: `dll-ext info`, `dll-ext bench`, `dll-ext train`."""
+"""The dll-ext command: `dll-ext info`, `dll-ext bench`, `dll-ext train`, `dll-ext generate`."""
 import argparse
 import json
 import sys
 
+from dll_ext.training.options import nonnegative_int, positive_float, positive_int
 from dll_ext.training.pipeline import PIPELINES
 
 
@@ -35,6 +36,26 @@ def _train(args):
         return 130
 
 
+def _generate(args):
+    import torch
+
+    from dll_ext.data.errors import DataError
+    from dll_ext.training.errors import TrainingError
+    from dll_ext.training.pipelines.charlm import generate_text, load_char_lm
+
+    try:
+        if args.device == "cuda" and not torch.cuda.is_available():
+            raise TrainingError("--device cuda needs a CUDA GPU, but none is usable here")
+        model, vocabulary = load_char_lm(args.checkpoint, torch.device(args.device))
+        text = generate_text(model, vocabulary, args.prompt, args.length, args.greedy,
+                             args.temperature or 1.0, args.top_k, args.seed)
+    except (TrainingError, DataError) as e:  # the checkpoint or the prompt: one line
+        print(f"dll-ext generate: error: {e}", file=sys.stderr)
+        return 2
+    print(args.prompt + text)
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="dll-ext", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -52,7 +73,21 @@ def main(argv=None):
     p.add_argument("pipeline", choices=list(PIPELINES))
     p.add_argument("options", nargs=argparse.REMAINDER, help="the pipeline's options")
     p.set_defaults(func=_train)
+    p = sub.add_parser("generate", help="continue a prompt with a character LM (dll-ext train charlm)",
+                       description="Print the prompt and the characters a character LM writes after it.")
+    p.add_argument("--checkpoint", required=True, help="best.pt, checkpoint.pt or averaged.pt of a charlm run")
+    p.add_argument("--prompt", required=True, help="the text to continue")
+    p.add_argument("--length", type=nonnegative_int, default=300, help="characters to generate")
+    p.add_argument("--greedy", action="store_true", help="take the most likely character at every step")
+    p.add_argument("--temperature", type=positive_float, default=None,
+                   help="sampling: divide the logits by this (default 1; lower is more conservative)")
+    p.add_argument("--top-k", type=positive_int, default=None, help="sampling: only from the K most likely")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.set_defaults(func=_generate)
     args = parser.parse_args(argv)
+    if args.func is _generate and args.greedy and (args.temperature is not None or args.top_k is not None):
+        p.error("--greedy takes no --temperature or --top-k: those are for sampling")
     return args.func(args)
 
 

@@ -58,10 +58,11 @@ def _loader(dataset, sampler, batch_size, workers, collate_fn, generator_seed):
 
 def train_loader(dataset: Dataset, batch_size: int, env: DistEnv, seed: int, epoch: int,
                  skip_batches: int = 0, workers: int = 0,
-                 collate_fn: Optional[Callable] = None) -> DataLoader:
-    """Epoch `epoch`'s shuffled batches for this rank, from batch `skip_batches` on. The workers'
-    seeds come from a generator seeded with (seed, epoch, rank), not from the global RNG."""
-    sampler = DistributedSampler(dataset, num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=seed)
+                 collate_fn: Optional[Callable] = None, shuffle: bool = True) -> DataLoader:
+    """Epoch `epoch`'s shuffled (or with shuffle False, ordered) batches for this rank, from batch
+    `skip_batches` on. The workers' seeds come from a generator seeded with (seed, epoch, rank),
+    not from the global RNG."""
+    sampler = DistributedSampler(dataset, num_replicas=env.world_size, rank=env.rank, shuffle=shuffle, seed=seed)
     sampler.set_epoch(epoch)
     return _loader(dataset, SkipSampler(sampler, skip_batches * batch_size), batch_size, workers,
                    collate_fn, derive_seed(seed, epoch, env.rank))

@@ -16,6 +16,9 @@ from torch.utils.data import Dataset
 # pipeline name -> module defining PIPELINE; a new pipeline adds its module and one line here.
 PIPELINES: Dict[str, str] = {
     "regression": "dll_ext.training.pipelines.regression",
+    "classify": "dll_ext.training.pipelines.classify",
+    "nback": "dll_ext.training.pipelines.nback",
+    "charlm": "dll_ext.training.pipelines.charlm",
 }
 
 
@@ -37,10 +40,13 @@ class Task:
 
     `config` (plain types only: numbers, strings, lists, dicts) is saved in each checkpoint, e.g.
     a vocabulary; a resumed run must rebuild the same one. Validation progress (early stopping,
-    ReduceLROnPlateau, the best weights) is judged on metric `monitor`.
+    ReduceLROnPlateau, the best weights) is judged on metric `monitor`. With `shuffle` False the
+    training set is read in index order every epoch, each process taking every world_size-th
+    item (as evaluation does), e.g. for consecutive chunks of a stream.
     """
     monitor = "loss"
     higher_is_better = False
+    shuffle = True
 
     def __init__(self, model: torch.nn.Module, train_set: Dataset, val_set: Dataset, test_set: Dataset,
                  config: Optional[Dict[str, Any]] = None, collate_fn: Optional[Callable] = None):
@@ -63,6 +69,14 @@ class Task:
         if isinstance(batch, dict):
             return {k: self.to_device(v, device) for k, v in batch.items()}
         return batch
+
+    def state_dict(self) -> Dict[str, Any]:
+        """What the task carries from batch to batch (e.g. a recurrent state), in tensors and plain
+        types; saved with each process's checkpoint entry, so a resumed run continues with it."""
+        return {}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Take back what state_dict returned."""
 
     def summarize(self, metrics: Dict[str, float]) -> Dict[str, float]:
         """Add metrics derived from the means (e.g. perplexity from the loss)."""

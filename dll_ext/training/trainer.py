@@ -112,6 +112,7 @@ class Trainer:
             mine = ranks[self.env.rank % len(ranks)]
             set_rng_state(mine["rng"])
             self.partial = MetricSums(self.env.device, mine["partial"])
+            self.task.load_state_dict(mine.get("task", {}))
         except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
             raise TrainingError(f"{path} is damaged or incomplete ({type(e).__name__}: {e})") from e
 
@@ -130,7 +131,8 @@ class Trainer:
         """checkpoint.pt, from rank 0, with every rank's generators and partial metric sums. Every
         rank waits until it is written, and so are best.pt and the epoch weights, written before
         it: the other ranks read them at the end."""
-        ranks = self.env.gather({"rng": rng_state(), "partial": self.partial.state()})
+        ranks = self.env.gather({"rng": rng_state(), "partial": self.partial.state(),
+                                 "task": self.task.state_dict()})
         if self.env.is_main:
             save_torch({**self._header("run"), "model": self.model.state_dict(),
                         "optimizer": self.optimizer.state_dict(), "scheduler": self.schedule.state_dict(),
@@ -176,7 +178,7 @@ class Trainer:
     def _train_epoch(self, signals: StopSignals) -> int:
         args, p, task, env = self.args, self.progress, self.task, self.env
         loader = train_loader(task.train_set, args.batch_size, env, args.seed, p.epoch, p.batch,
-                              args.workers, task.collate_fn)
+                              args.workers, task.collate_fn, task.shuffle)
         self.train_model.train()
         self.monitor.start_epoch(p.epoch, args.epochs, self.steps_per_epoch, p.batch)
         self.epoch_start = time.perf_counter()

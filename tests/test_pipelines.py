@@ -64,7 +64,7 @@ def digits_run(tmp_path_factory):
 def test_classify_digits_quick_run(digits_run):
     m = metrics(digits_run)
     assert m["layers"] == "dll_ext" and m["epochs"] == 4 and m["step_time_ms"] > 0
-    assert m["test"]["accuracy"] > 0.6  # ten classes: chance is 0.1
+    assert m["test"]["accuracy"] > 0.85  # ten classes: chance is 0.1
     # The confusion matrix counts the 15% test split (271 of 1,797), the weights tested being best.pt's.
     matrix = torch.tensor(m["confusion_matrix"])
     assert matrix.shape == (10, 10) and matrix.sum() == 271 and m["classes"] == [str(d) for d in range(10)]
@@ -174,15 +174,15 @@ def test_classify_without_data_dir_or_scikit_learn(capsys, tmp_path, monkeypatch
 def test_nback_quick_run_beats_chance(tmp_path):
     out = tmp_path / "run"
     assert train("nback", out, "--sequences", "256", "--eval-sequences", "100", "--batch-size", "16",
-                 "--epochs", "12") == 0
+                 "--epochs", "20") == 0
     m = metrics(out)
     # "Never the same as n back" is right at ~79% of the valid positions (the first n, and 3/4 of
-    # the others); a model that learned the task does better.
+    # the others), where training first stalls; after 320 steps the model has learned the task.
     task = build(nback.PIPELINE, "--sequences", "256", "--eval-sequences", "100")
     targets = torch.cat([t for _, t in task.val_set.sequences])
     majority = (targets == 0).double().mean().item()
     assert 0.7 < majority < 0.85
-    assert m["val"]["accuracy"] > majority + 0.05 and m["test"]["accuracy"] > majority + 0.05
+    assert m["val"]["accuracy"] > 0.95 and m["test"]["accuracy"] > 0.95
 
 
 def test_nback_sets_are_the_course_draws():
@@ -306,6 +306,25 @@ def test_charlm_resumed_within_an_epoch_equals_uninterrupted(tmp_path, text_file
     assert train("charlm", tmp_path / "b", *options, "--resume") == 0
     a, b = (load_checkpoint(tmp_path / run / "checkpoint.pt")["model"] for run in ("a", "b"))
     assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_charlm_ddp_two_processes_match_one(tmp_path, text_file):
+    """Under torchrun, 2 processes of 4 rows each read the rows 1 process of 8 reads (each its own
+    state carried along them): the same steps, up to summation order."""
+    options = ["--text", str(text_file), *SMALL_LM, "--epochs", "1", "--dropout", "0"]
+    assert train("charlm", tmp_path / "single", *options, "--batch-size", "8") == 0
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+         "dll_ext.cli", "train", "charlm", "--out", str(tmp_path / "ddp"), "--quick", "--device", "cpu", *options],
+        capture_output=True, text=True, timeout=120, env={**env, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    single, ddp = metrics(tmp_path / "single"), metrics(tmp_path / "ddp")
+    assert ddp["world_size"] == 2 and ddp["steps"] == single["steps"]
+    assert ddp["val"]["loss"] == pytest.approx(single["val"]["loss"], rel=1e-4)
+    a, b = (load_checkpoint(tmp_path / run / "checkpoint.pt")["model"] for run in ("single", "ddp"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
 
 
 def test_charlm_bad_text(capsys, tmp_path, lm_run):

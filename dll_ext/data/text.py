@@ -59,11 +59,13 @@ def _describe(characters: Iterable[str]) -> str:
 
 
 class Vocabulary:
-    """Ids for single characters, after two special symbols: <pad> (id 0) and <unk> (id 1, what
-    characters outside the vocabulary map to when asked)."""
+    """Ids for single characters, after the special symbols SPECIALS: here <pad> (id 0) and <unk>
+    (id 1, what characters outside the vocabulary map to when asked). A subclass may list more
+    specials (with their ids as class attributes); the characters' ids follow them."""
 
     PAD = "<pad>"
     UNK = "<unk>"
+    SPECIALS: Tuple[str, ...] = (PAD, UNK)
     pad_id = 0
     unk_id = 1
 
@@ -71,8 +73,8 @@ class Vocabulary:
         characters = list(characters)
         if not all(isinstance(c, str) and len(c) == 1 for c in characters) or len(set(characters)) != len(characters):
             raise ValueError("Vocabulary: characters must be distinct one-character strings")
-        self.symbols: List[str] = [self.PAD, self.UNK] + characters
-        self._ids: Dict[str, int] = {c: i for i, c in enumerate(characters, start=self.unk_id + 1)}
+        self.symbols: List[str] = list(self.SPECIALS) + characters
+        self._ids: Dict[str, int] = {c: i for i, c in enumerate(characters, start=len(self.SPECIALS))}
 
     @classmethod
     def from_text(cls, text: str) -> "Vocabulary":
@@ -102,7 +104,7 @@ class Vocabulary:
 
     def to_dict(self) -> Dict[str, List[str]]:
         """Plain types only, for a checkpoint that torch.load(weights_only=True) reads back."""
-        return {"characters": self.symbols[self.unk_id + 1:]}
+        return {"characters": self.symbols[len(self.SPECIALS):]}
 
     @classmethod
     def from_dict(cls, state: object) -> "Vocabulary":

@@ -14,7 +14,6 @@ from hypothesis import given, strategies as st
 from torch.utils.data import DataLoader
 
 from dll_ext.data import DataError, MathDataset, Seq2SeqBatch, Seq2SeqCollate, Seq2SeqVocabulary, Vocabulary
-from dll_ext.data import math as math_data
 from dll_ext.data.math import (DATASET_FOLDER, MODULES, generate, generate_splits, list_modules, load_pairs,
                                read_pairs, write_dataset, write_pairs)
 
@@ -118,67 +117,68 @@ def test_linear_1d_answers_solve_the_equation(examples):
     assert EXAMPLES // 5 < zero_sides < EXAMPLES  # both 'Solve 0 = 4*b - 12' and two-sided shapes
 
 
+def phrasing(template):
+    """A question template with {x} and {y} (or {p} and {q}) as a regex capturing the numbers."""
+    return re.compile(re.sub(r"\\\{(\w)\\\}", r"(?P<\1>\\S+)", re.escape(template)))
+
+
+# The phrasings of the released comparison__pair questions, each with the comparison it asks.
 RELATIONS = [
-    (r"Is (\S+) (?:less|smaller) than (\S+)\?|Is (\S+) < (\S+)\?", lambda x, y: x < y),
-    (r"Is (\S+) (?:less|smaller) than or equal to (\S+)\?|Is (\S+) at most (\S+)\?|Is (\S+) <= (\S+)\?", lambda x, y: x <= y),
-    (r"Is (\S+) (?:greater|bigger) than (\S+)\?|Is (\S+) > (\S+)\?", lambda x, y: x > y),
-    (r"Is (\S+) (?:greater|bigger) than or equal to (\S+)\?|Is (\S+) at least (\S+)\?|Is (\S+) >= (\S+)\?",
-     lambda x, y: x >= y),
-    (r"Is (\S+) equal to (\S+)\?|Are (\S+) and (\S+) equal\?|Do (\S+) and (\S+) have the same value\?", lambda x, y: x == y),
-    (r"Is (\S+) not equal to (\S+)\?|Are (\S+) and (\S+) (?:unequal|nonequal|non-equal)\?"
-     r"|Do (\S+) and (\S+) have different values\?", lambda x, y: x != y),
-    (r"Which is (?:bigger|greater): (\S+) or (\S+)\?", max),
-    (r"Which is smaller: (\S+) or (\S+)\?", min),
+    (["Is {x} less than {y}?", "Is {x} smaller than {y}?", "Is {x} < {y}?"], lambda x, y: x < y),
+    (["Is {x} less than or equal to {y}?", "Is {x} smaller than or equal to {y}?", "Is {x} at most {y}?",
+      "Is {x} <= {y}?"], lambda x, y: x <= y),
+    (["Is {x} greater than {y}?", "Is {x} bigger than {y}?", "Is {x} > {y}?"], lambda x, y: x > y),
+    (["Is {x} greater than or equal to {y}?", "Is {x} bigger than or equal to {y}?", "Is {x} at least {y}?",
+      "Is {x} >= {y}?"], lambda x, y: x >= y),
+    (["Is {x} equal to {y}?", "Are {x} and {y} equal?", "Do {x} and {y} have the same value?"], lambda x, y: x == y),
+    (["Is {x} not equal to {y}?", "Are {x} and {y} unequal?", "Are {x} and {y} nonequal?", "Are {x} and {y} non-equal?",
+      "Do {x} and {y} have different values?"], lambda x, y: x != y),
+    (["Which is bigger: {x} or {y}?", "Which is greater: {x} or {y}?"], max),
+    (["Which is smaller: {x} or {y}?"], min),
 ]
 
 
 def test_pair_answers_compare_the_two_numbers(examples):
-    asked = set()
+    templates_asked, truths_asked = set(), set()
     for question, answer in examples("comparison__pair"):
-        for index, (pattern, relation) in enumerate(RELATIONS):
-            match = re.fullmatch(pattern, question)
-            if match:
-                break
-        else:
-            pytest.fail(f"unexpected phrasing: {question}")
-        x_text, y_text = [group for group in match.groups() if group is not None]
+        found = [(index, template) for index, (templates, _) in enumerate(RELATIONS) for template in templates
+                 if phrasing(template).fullmatch(question)]
+        assert len(found) == 1, f"unexpected phrasing: {question}"
+        index, template = found[0]
+        relation = RELATIONS[index][1]
+        x_text, y_text = phrasing(template).fullmatch(question).group("x", "y")
         assert re.fullmatch(NUMBER, x_text) and re.fullmatch(NUMBER, y_text), question
         x, y = Fraction(x_text), Fraction(y_text)
         if relation in (max, min):
             assert x != y and answer == (x_text if relation(x, y) == x else y_text), question
         else:
             assert answer == str(relation(x, y)), question
-        asked.add((index, answer))
-    assert {index for index, _ in asked} == set(range(len(RELATIONS)))
-    assert {(index, truth) for index in range(6) for truth in ("True", "False")} <= asked
+            truths_asked.add((index, answer))
+        templates_asked.add(template)
+    assert templates_asked == {template for templates, _ in RELATIONS for template in templates}
+    assert truths_asked == {(index, truth) for index in range(6) for truth in ("True", "False")}
 
 
-ADD_OR_SUB = [
-    (r"(?P<p>\S+) \+ (?P<q>\S+)|Add (?:together )?(?P<p2>\S+) and (?P<q2>\S+)\.|Put together (?P<p3>\S+) and (?P<q3>\S+)\."
-     r"|Sum (?P<p4>\S+) and (?P<q4>\S+)\.|Total of (?P<p5>\S+) and (?P<q5>\S+)\.|What is (?P<p6>\S+) plus (?P<q6>\S+)\?"
-     r"|Calculate (?P<p7>\S+) \+ (?P<q7>\S+)\.|What is (?P<p8>\S+) \+ (?P<q8>\S+)\?", 1),
-    (r"(?P<p>\S+) - (?P<q>\S+)|Work out (?P<p2>\S+) - (?P<q2>\S+)\.|What is (?P<p3>\S+) minus (?P<q3>\S+)\?"
-     r"|What is (?P<p4>\S+) take away (?P<q4>\S+)\?|What is (?P<q5>\S+) less than (?P<p5>\S+)\?"
-     r"|Subtract (?P<q6>\S+) from (?P<p6>\S+)\.|Calculate (?P<p7>\S+) - (?P<q7>\S+)\.|What is (?P<p8>\S+) - (?P<q8>\S+)\?",
-     -1),
-]
+# The phrasings of the released arithmetic__add_or_sub questions: p + q, then p - q.
+ADDITIONS = ["{p} + {q}", "Add {p} and {q}.", "Put together {p} and {q}.", "Sum {p} and {q}.", "Total of {p} and {q}.",
+             "Add together {p} and {q}.", "What is {p} plus {q}?", "Calculate {p} + {q}.", "What is {p} + {q}?"]
+SUBTRACTIONS = ["{p} - {q}", "Work out {p} - {q}.", "What is {p} minus {q}?", "What is {p} take away {q}?",
+                "What is {q} less than {p}?", "Subtract {q} from {p}.", "Calculate {p} - {q}.", "What is {p} - {q}?"]
 
 
 def test_add_or_sub_answers_are_exact(examples):
-    phrasings = set()
+    asked = set()
     for question, answer in examples("arithmetic__add_or_sub", count=2 * EXAMPLES):
-        for pattern, sign in ADD_OR_SUB:
-            match = re.fullmatch(pattern, question)
-            if match:
-                break
-        else:
-            pytest.fail(f"unexpected phrasing: {question}")
-        named = {name[0]: value for name, value in match.groupdict().items() if value is not None}
-        assert re.fullmatch(NUMBER, named["p"]) and re.fullmatch(NUMBER, named["q"]) and "/" not in question
+        found = [(template, sign) for templates, sign in ((ADDITIONS, 1), (SUBTRACTIONS, -1)) for template in templates
+                 if phrasing(template).fullmatch(question)]
+        assert len(found) == 1, f"unexpected phrasing: {question}"
+        template, sign = found[0]
+        p, q = phrasing(template).fullmatch(question).group("p", "q")
+        assert re.fullmatch(NUMBER, p) and re.fullmatch(NUMBER, q) and "/" not in question, question
         assert CANONICAL_NUMBER.fullmatch(answer) and answer != "-0", question
-        assert Fraction(answer) == Fraction(named["p"]) + sign * Fraction(named["q"]), question
-        phrasings.add((sign, [k for k, v in match.groupdict().items() if v is not None][0]))
-    assert len(phrasings) == 16
+        assert Fraction(answer) == Fraction(p) + sign * Fraction(q), question
+        asked.add(template)
+    assert asked == set(ADDITIONS + SUBTRACTIONS)
 
 
 POWERS = {"ten": 10, "one hundred": 100, "one thousand": 1000, "ten thousand": 10 ** 4,
@@ -392,8 +392,8 @@ def test_vocabulary_specials_come_first_with_their_ids():
 
 def test_vocabulary_decode_reads_up_to_eos_without_sos_and_pad():
     vocabulary = Seq2SeqVocabulary.from_text("-0123456789")
-    ids = [vocabulary.sos_id] + vocabulary.encode("-42").tolist() + [vocabulary.eos_id] + vocabulary.encode("7").tolist()
-    ids += [vocabulary.pad_id] * 2
+    ids = [vocabulary.sos_id, *vocabulary.encode("-42").tolist(), vocabulary.eos_id, *vocabulary.encode("7").tolist(),
+           vocabulary.pad_id, vocabulary.pad_id]
     assert vocabulary.decode(ids) == vocabulary.decode(torch.tensor(ids)) == "-42"
     assert vocabulary.decode(ids, strip_specials=False) == "<sos>-42<eos>7<pad><pad>"
     assert vocabulary.decode([vocabulary.sos_id, vocabulary.pad_id] + vocabulary.encode("12").tolist()) == "12"
@@ -484,8 +484,10 @@ def check_batch(batch, items, pad_id, sos_id, eos_id):
         assert torch.equal(batch.source[row, :len(source)], source)
         assert (batch.source[row, len(source):] == pad_id).all()
         assert batch.target_input[row, 0] == sos_id and torch.equal(batch.target_input[row, 1:length], target)
-        assert torch.equal(batch.target_output[row, :length - 1], target) and batch.target_output[row, length - 1] == eos_id
-        assert (batch.target_input[row, length:] == pad_id).all() and (batch.target_output[row, length:] == pad_id).all()
+        assert torch.equal(batch.target_output[row, :length - 1], target)
+        assert batch.target_output[row, length - 1] == eos_id
+        assert (batch.target_input[row, length:] == pad_id).all()
+        assert (batch.target_output[row, length:] == pad_id).all()
         # Teacher forcing: the decoder's input is its expected output shifted right by one.
         assert torch.equal(batch.target_input[row, 1:length], batch.target_output[row, :length - 1])
 

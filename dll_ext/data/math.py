@@ -28,8 +28,8 @@ from dll_ext.data.errors import DataError
 from dll_ext.data.files import require_folder
 from dll_ext.data.text import Vocabulary, read_text
 
-__all__ = ["DATASET_FOLDER", "MAX_ANSWER_LENGTH", "MAX_QUESTION_LENGTH", "MODULES", "MathDataset",
-           "Seq2SeqBatch", "Seq2SeqCollate", "Seq2SeqVocabulary", "dataset_root", "generate",
+__all__ = ["DATASET_FOLDER", "MAX_ANSWER_LENGTH", "MAX_QUESTION_LENGTH", "MODULES", "SPLITS", "TRAIN_DIFFICULTIES",
+           "MathDataset", "Seq2SeqBatch", "Seq2SeqCollate", "Seq2SeqVocabulary", "dataset_root", "generate",
            "generate_splits", "list_modules", "load_pairs", "read_pairs", "write_dataset", "write_pairs"]
 
 # The released dataset's limits; its generator drops longer pairs, and so does this one.
@@ -42,6 +42,8 @@ SPLITS = ("train", "interpolate", "extrapolate")
 _SPLIT_FOLDERS = tuple(f"train-{d}" for d in TRAIN_DIFFICULTIES) + SPLITS[1:]
 
 Pair = Tuple[str, str]
+# A term of a linear equation: (coefficient, variable), the variable '' for a constant.
+Term = Tuple[int, str]
 
 # ----------------------------------------------------------------------------------------
 # Numbers and their text
@@ -216,14 +218,11 @@ def _round_number(rng: random.Random) -> Pair:
     rounded = round(value, digits)
     value_text = _decimal_text(units, places)
     if digits > 0:
-        unit_words = rng.choice(("decimal place" + "s" * (digits > 1), "dp" + "s" * (digits > 1)))
-        template = rng.choice(("Round {value} to {where}.", "What is {value} rounded to {where}?"))
-        question = template.format(value=value_text, where=f"{digits} {unit_words}")
+        where = f"{digits} " + rng.choice(("decimal place", "dp")) + "s" * (digits > 1)
     else:
         where = "the nearest integer" if digits == 0 else f"the nearest {_POWER_NAMES[-digits - 1]}"
-        question = rng.choice(("Round {value} to {where}.", "What is {value} rounded to {where}?")).format(
-            value=value_text, where=where)
-    return question, _fraction_text(rounded, max(digits, 0))
+    template = rng.choice(("Round {value} to {where}.", "What is {value} rounded to {where}?"))
+    return template.format(value=value_text, where=where), _fraction_text(rounded, max(digits, 0))
 
 
 # Letters for unknowns; e, i and o are left out because they read as Euler's number, the imaginary unit and zero.
@@ -237,7 +236,7 @@ def _term_text(coefficient: int, variable: str) -> str:
     return {1: variable, -1: "-" + variable}.get(coefficient, f"{coefficient}*{variable}")
 
 
-def _side_text(terms: List[Tuple[int, str]]) -> str:
+def _side_text(terms: List[Term]) -> str:
     """A sum of terms as the dataset writes it ('-8*a + 39', '4*b - 12'), '0' for no terms."""
     if not terms:
         return "0"
@@ -247,12 +246,11 @@ def _side_text(terms: List[Tuple[int, str]]) -> str:
     return text
 
 
-def _variable_terms(rng: random.Random, variable: str,
-                    side_of: Callable[[], int]) -> Tuple[List[Tuple[int, str]], List[Tuple[int, str]]]:
+def _variable_terms(rng: random.Random, variable: str, side_of: Callable[[], int]) -> Tuple[List[Term], List[Term]]:
     """One to three terms in the variable on the sides side_of picks, drawn again until the
     variable's coefficients do not cancel (the equation then has exactly one solution)."""
     while True:
-        sides: Tuple[List[Tuple[int, str]], List[Tuple[int, str]]] = ([], [])
+        sides: Tuple[List[Term], List[Term]] = ([], [])
         for _ in range(rng.randint(1, 3)):
             sides[side_of()].append((_signed(rng, 2), variable))
         if sum(c for c, _ in sides[0]) != sum(c for c, _ in sides[1]):

@@ -19,6 +19,7 @@ OPS: Dict[str, str] = {
     "lstm_layer": "dll_ext.benchmark.lstm_layer",
     "attention": "dll_ext.benchmark.attention",
     "transformer": "dll_ext.benchmark.transformer",
+    "training_step": "dll_ext.benchmark.training_step",
 }
 
 

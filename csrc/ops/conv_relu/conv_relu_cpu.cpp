@@ -99,7 +99,10 @@ void masked_bias_sums(const scalar_t* grad, const scalar_t* out, scalar_t* grad_
                       double* bias_sum, Layout l) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t units = l.outer * (l.inner > 1 ? l.channels : 1);  // planes, or rows
-  const int64_t blocks = std::min<int64_t>(units, 4 * at::get_num_threads());
+  // At least kGrain elements a block: a small layer is one block on the calling thread,
+  // since waking the pool costs more than its whole sweep.
+  const int64_t elements = l.outer * l.channels * l.inner;
+  const int64_t blocks = std::clamp<int64_t>(elements / kGrain, 1, std::min<int64_t>(units, 4 * at::get_num_threads()));
   std::vector<double> partial(blocks * l.channels, 0.0);
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {

@@ -13,12 +13,15 @@ from typing import Any, Callable, Dict, NamedTuple, Optional
 import torch
 from torch.utils.data import Dataset
 
-# pipeline name -> module defining PIPELINE; a new pipeline adds its module and one line here.
+# pipeline name -> "module" defining PIPELINE, or "module:NAME" for a module defining several;
+# a new pipeline adds its module and one line here.
 PIPELINES: Dict[str, str] = {
     "regression": "dll_ext.training.pipelines.regression",
     "classify": "dll_ext.training.pipelines.classify",
     "nback": "dll_ext.training.pipelines.nback",
     "charlm": "dll_ext.training.pipelines.charlm",
+    "math-transformer": "dll_ext.training.pipelines.seq2seq:TRANSFORMER",
+    "math-lstm": "dll_ext.training.pipelines.seq2seq:LSTM",
 }
 
 
@@ -64,6 +67,8 @@ class Task:
         """Move a batch to the device; override to keep some tensors on the CPU (e.g. lengths)."""
         if isinstance(batch, torch.Tensor):
             return batch.to(device, non_blocking=True)
+        if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # a NamedTuple takes its fields apart
+            return type(batch)(*(self.to_device(b, device) for b in batch))
         if isinstance(batch, (list, tuple)):
             return type(batch)(self.to_device(b, device) for b in batch)
         if isinstance(batch, dict):
@@ -111,4 +116,5 @@ class Pipeline:
 
 
 def get_pipeline(name: str) -> Pipeline:
-    return importlib.import_module(PIPELINES[name]).PIPELINE
+    module, _, attribute = PIPELINES[name].partition(":")
+    return getattr(importlib.import_module(module), attribute or "PIPELINE")

@@ -1,0 +1,104 @@
+"""The math pipelines `dll-ext train math-transformer|math-lstm` and `dll-ext answer`, end to end.
+
+Runs are in-process through dll_ext.cli.main. The --quick runs are the real ones (they must show
+learning: exact match well above chance); the others are smaller still. Bad input must end in
+one `error:` line on stderr and exit code 2, never a traceback.
+"""
+import pytest
+import torch
+
+from dll_ext.cli import main
+from dll_ext.data.math import write_dataset
+from dll_ext.training import load_checkpoint
+from dll_ext.training.pipelines.seq2seq import load_math_model
+from test_pipelines import PNG, assert_user_error, metrics
+
+pytestmark = pytest.mark.slow
+
+PIPELINES = ("math-transformer", "math-lstm")
+PLACE_VALUE = "numbers__place_value"
+
+
+def train(name, out, *options):
+    return main(["train", name, "--out", str(out), "--device", "cpu", *options])
+
+
+@pytest.fixture(scope="module", params=PIPELINES)
+def quick_run(request, tmp_path_factory):
+    out = tmp_path_factory.mktemp(request.param)
+    assert train(request.param, out, "--quick") == 0
+    return request.param, out
+
+
+def test_quick_run_learns(quick_run):
+    name, out = quick_run
+    m = metrics(out)
+    assert m["pipeline"] == name and m["layers"] == "dll_ext" and m["step_time_ms"] > 0
+    # A digit of the question is the answer: chance is about 0.1.
+    assert m["test"]["exact_match"] > 0.25, m["test"]
+
+
+def test_teacher_forced_exact_match_is_greedy_decoding(quick_run):
+    """The validation metric (every token right given the true prefix) counts exactly the answers
+    greedy decoding gets right: on the test split both are measured, and they agree."""
+    _, out = quick_run
+    m = metrics(out)
+    assert m["test_greedy_exact_match"][PLACE_VALUE] == pytest.approx(m["test"]["exact_match"])
+
+
+def test_final_evaluation_reports_beam_search_and_heatmaps(quick_run):
+    _, out = quick_run
+    m = metrics(out)
+    assert 0 <= m["test_beam4_exact_match"][PLACE_VALUE] <= 1
+    for example in m["examples"][PLACE_VALUE]:
+        scores = [h["score"] for h in example["beam"]]
+        assert len(scores) == 4 and scores == sorted(scores, reverse=True)
+        # Single-token answers: the best beam is the greedy answer.
+        assert example["beam"][0]["answer"] == example["greedy"]
+    assert (out / "attention.png").read_bytes()[:8] == PNG
+
+
+def test_checkpoint_rebuilds_the_model(quick_run):
+    name, out = quick_run
+    model, vocabulary = load_math_model(out / "best.pt")
+    config = load_checkpoint(out / "best.pt", name)["task_config"]
+    assert config["modules"] == [PLACE_VALUE] and config["architecture"] in ("transformer", "lstm")
+    assert vocabulary.sos_id == model.sos_id and vocabulary.eos_id == model.eos_id
+    question = metrics(out)["examples"][PLACE_VALUE][0]["question"]
+    source = vocabulary.encode(question).unsqueeze(0)
+    ids = model.greedy(source, torch.tensor([source.size(1)]), 4)
+    assert vocabulary.decode(ids[0]) == metrics(out)["examples"][PLACE_VALUE][0]["greedy"]
+
+
+@pytest.mark.parametrize("name", PIPELINES)
+def test_several_modules_from_a_data_dir(name, tmp_path):
+    """Training pairs of two modules read from a folder in the official layout; the test is
+    reported per module."""
+    modules = ["numbers__place_value", "comparison__sort"]
+    write_dataset(str(tmp_path / "mathematics_dataset-v1.0"), modules, 300, 20, seed=5)
+    out = tmp_path / "run"
+    assert train(name, out, "--data-dir", str(tmp_path), "--modules", ",".join(modules), "--epochs", "1",
+                 "--val-size", "50", "--beam", "2", "--d-model" if name == "math-transformer" else "--hidden-size",
+                 "32") == 0
+    m = metrics(out)
+    assert sorted(m["test_greedy_exact_match"]) == sorted(modules)
+    assert sorted(m["test_beam2_exact_match"]) == sorted(modules)
+    # 2 x 300 training pairs, 50 of them held out: 9 batches of 64.
+    assert m["steps"] == 9
+
+
+def test_bad_options_and_data_are_one_line_errors(tmp_path, capsys):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        train("math-lstm", out, "--modules", "numbers__nonsense")
+    assert exit_info.value.code == 2 and "unknown module(s) numbers__nonsense" in capsys.readouterr().err
+    assert_user_error(capsys, train("math-lstm", out, "--data-dir", str(tmp_path / "none")), "does not exist")
+    write_dataset(str(tmp_path / "data"), ["comparison__sort"], 10, 5, seed=0)
+    assert_user_error(capsys, train("math-lstm", out, "--data-dir", str(tmp_path / "data")),
+                      "numbers__place_value", "comparison__sort")
+    assert_user_error(capsys, train("math-transformer", out, "--d-model", "30", "--heads", "4"),
+                      "--d-model 30 must be a multiple of --heads 4")
+    assert_user_error(capsys, train("math-lstm", out, "--train-size", "100", "--val-size", "100"),
+                      "--val-size 100 leaves no training pairs")
+    assert not out.exists() or not (out / "checkpoint.pt").exists()
+

@@ -1,36 +1,51 @@
-// dll_infer: run a TorchScript model that uses dll_ext ops, without Python.
+// dll_infer: run a model that uses dll_ext ops, without Python.
 //
-//   dll_infer MODEL.pt --input X.pt --output Y.pt [--device cpu|cuda]
+//   dll_infer MODEL.pt|MODEL.pt2 --input X.pt --output Y.pt [--device cpu|cuda]
+//   dll_infer classify MODEL.pt|MODEL.pt2 IMAGE.pgm|IMAGE.ppm|IMAGE.pt [--top K]
+//   dll_infer generate MODEL.pt --prompt TEXT [--length N]
+//   dll_infer answer MODEL.pt QUESTION
+//   dll_infer nback MODEL.pt SYMBOL...
 //
-// X.pt is written by Python's torch.save: one tensor, or a tuple/list of tensors that become
-// forward's positional arguments. Y.pt is read back with torch.load.
+// The first form runs any TorchScript module or AOTInductor package: X.pt is written by
+// Python's torch.save, one tensor or a tuple/list of tensors that become forward's positional
+// arguments; Y.pt is read back with torch.load. The others take the files of `dll-ext export`
+// (commands.cpp).
 //
 // The dll_ext ops need no code here: libdll_ext_ops.so registers them with the dispatcher
 // when it is loaded, which the --no-as-needed link guarantees (see CMakeLists.txt).
 //
 // Exit status: 0 on success, 1 when loading, running or saving fails, 2 on bad usage.
+#include "commands.h"
+#include "common.h"
+#include "model.h"
+
 #include <torch/cuda.h>
 #include <torch/script.h>
 
 #include <fstream>
 #include <iostream>
-#include <iterator>
 #include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+namespace dll_infer {
 namespace {
 
 constexpr const char* kUsage =
     "usage: dll_infer MODEL.pt --input X.pt --output Y.pt [--device cpu|cuda]\n"
-    "  MODEL.pt  TorchScript module (torch.jit.save)\n"
+    "       dll_infer classify MODEL IMAGE [--top K]\n"
+    "       dll_infer generate MODEL.pt --prompt TEXT [--length N]\n"
+    "       dll_infer answer MODEL.pt QUESTION\n"
+    "       dll_infer nback MODEL.pt SYMBOL...\n"
+    "  MODEL.pt  TorchScript module (torch.jit.save; dll-ext export writes model.pt)\n"
+    "  MODEL.pt2 AOTInductor package of a forward pass (dll-ext export writes model.pt2)\n"
     "  X.pt      a tensor, or a tuple/list of tensors (torch.save): forward's arguments\n"
-    "  Y.pt      forward's result, for torch.load\n";
-
-struct UsageError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
+    "  Y.pt      forward's result, for torch.load\n"
+    "  IMAGE     binary PGM (P5) or PPM (P6), 8-bit, of the model's size; or a tensor file\n"
+    "  classify: the K most likely classes; generate: the char LM's greedy continuation of\n"
+    "  TEXT (default 300 characters); answer: a seq2seq model's greedy answer; nback: the\n"
+    "  N-back model's prediction (1: same as n back) at each position of the symbols\n";
 
 struct Options {
   std::string model, input, output;
@@ -80,12 +95,6 @@ Options parse_args(int argc, char** argv) {
   return opts;
 }
 
-std::vector<char> read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::runtime_error("cannot open the file");
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
 void write_file(const std::string& path, const std::vector<char>& bytes) {
   std::ofstream out(path, std::ios::binary);
   out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
@@ -133,30 +142,11 @@ c10::IValue to_cpu(const c10::IValue& value) {
   return value;
 }
 
-// Runs step(), prefixing any error with what was being done. c10::Error::what() appends a
-// C++ stack trace that means nothing to the user, so its short form is taken.
-template <typename Step>
-auto doing(const std::string& what, Step&& step) {
-  try {
-    return step();
-  } catch (const c10::Error& e) {
-    throw std::runtime_error(what + ": " + e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    // Includes torch::jit::ErrorReport, e.g. for a model calling an op that is not registered.
-    throw std::runtime_error(what + ": " + e.what());
-  }
-}
-
-void run(const Options& opts) {
+void run_raw(const Options& opts) {
   if (opts.device.is_cuda() && !torch::cuda::is_available()) {
     throw std::runtime_error("--device " + opts.device.str() + ": CUDA is not available");
   }
-  torch::jit::Module model = doing("loading model '" + opts.model + "'", [&] {
-    // map_location: parameters land on the target device whatever device they were saved from.
-    torch::jit::Module m = torch::jit::load(opts.model, opts.device);
-    m.eval();
-    return m;
-  });
+  Model model = Model::load(opts.model, opts.device);
   std::vector<c10::IValue> args = doing("reading input '" + opts.input + "'", [&] {
     return to_arguments(torch::jit::pickle_load(read_file(opts.input)), opts.device);
   });
@@ -169,25 +159,38 @@ void run(const Options& opts) {
         [&] { write_file(opts.output, torch::jit::pickle_save(result)); });
 }
 
+// The subcommand named by argv[1], or the raw mode.
+void run(int argc, char** argv) {
+  const std::string command = argc > 1 ? argv[1] : "";
+  if (command == "classify") {
+    classify_command(parse_command_line(argc, argv, 2, {"--top", "--device"}));
+  } else if (command == "generate") {
+    generate_command(parse_command_line(argc, argv, 2, {"--prompt", "--length", "--device"}));
+  } else if (command == "answer") {
+    answer_command(parse_command_line(argc, argv, 2, {"--device"}));
+  } else if (command == "nback") {
+    nback_command(parse_command_line(argc, argv, 2, {"--device"}));
+  } else {
+    run_raw(parse_args(argc, argv));
+  }
+}
+
 }  // namespace
+}  // namespace dll_infer
 
 int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "-h" || arg == "--help") {
-      std::cout << kUsage;
+      std::cout << dll_infer::kUsage;
       return 0;
     }
   }
-  Options opts;
   try {
-    opts = parse_args(argc, argv);
-  } catch (const UsageError& e) {
-    std::cerr << "dll_infer: " << e.what() << "\n" << kUsage;
+    dll_infer::run(argc, argv);
+  } catch (const dll_infer::UsageError& e) {
+    std::cerr << "dll_infer: " << e.what() << "\n" << dll_infer::kUsage;
     return 2;
-  }
-  try {
-    run(opts);
   } catch (const std::exception& e) {
     std::cerr << "dll_infer: error: " << e.what() << "\n";
     return 1;

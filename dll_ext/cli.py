@@ -1,4 +1,5 @@
-"""The dll-ext command: `dll-ext info`, `dll-ext bench`, `dll-ext train`, `dll-ext generate`."""
+"""The dll-ext command: `dll-ext info`, `dll-ext bench`, `dll-ext train`, `dll-ext generate`,
+`dll-ext export`."""
 import argparse
 import json
 import sys
@@ -56,6 +57,26 @@ def _generate(args):
     return 0
 
 
+def _export(args):
+    from dll_ext.data.errors import DataError
+    from dll_ext.export import export_run
+    from dll_ext.training.errors import TrainingError
+
+    try:
+        info = export_run(args.run_dir, args.checkpoint, args.out, aoti=not args.no_aoti)
+    except (TrainingError, DataError) as e:  # the run folder or its checkpoint: one line
+        print(f"dll-ext export: error: {e}", file=sys.stderr)
+        return 2
+    out = info["out"]
+    print(f"{out}/{info['torchscript']}: TorchScript {info['kind']} ({', '.join(info['methods'])})")
+    if info["aoti"]:
+        print(f"{out}/{info['aoti']}: AOTInductor package of forward")
+    elif not args.no_aoti:
+        print(f"note: no .pt2: {info['aoti_error']}", file=sys.stderr)
+    print(f"{out}/export.json")
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="dll-ext", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -85,6 +106,16 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.set_defaults(func=_generate)
+    p = sub.add_parser("export", help="a trained model as TorchScript (and AOTInductor) files for C++ (dll_infer)",
+                       description="Write RUN_DIR/export/model.pt (torch.jit.script: the whole inference, "
+                                   "generation loops included), model.pt2 (torch.export + AOTInductor: the "
+                                   "forward pass, where it compiles) and export.json.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the --out folder of a dll-ext train run")
+    p.add_argument("--checkpoint", choices=["best", "checkpoint", "averaged"], default="best",
+                   help="which weights: best.pt (default), checkpoint.pt (the last epoch) or averaged.pt")
+    p.add_argument("--out", default=None, help="folder for the files (default: RUN_DIR/export)")
+    p.add_argument("--no-aoti", action="store_true", help="skip the AOTInductor compile (tens of seconds)")
+    p.set_defaults(func=_export)
     args = parser.parse_args(argv)
     if args.func is _generate and args.greedy and (args.temperature is not None or args.top_k is not None):
         p.error("--greedy takes no --temperature or --top-k: those are for sampling")

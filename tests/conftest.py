@@ -5,12 +5,16 @@ this folder on sys.path because it has no __init__.py.
 """
 import math
 import os
+import shutil
+import subprocess
 import zlib
+from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import settings
 import torch.nn.functional as F
+import torch.utils
 
 import dll_ext  # noqa: F401  (loads the ops)
 
@@ -44,6 +48,39 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("cuda") is not None:
             item.add_marker(skip)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+CMAKE_BUILD_TIMEOUT_S = 900
+
+
+def run_command(cmd, timeout, **kwargs):
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def dll_infer(tmp_path_factory):
+    """Path of dll_infer, configured and built from the top-level CMakeLists.txt once per test
+    session (about a minute on two cores), without the CUDA kernels to keep it short."""
+    cmake = shutil.which("cmake")
+    assert cmake, "cmake is required for the C++ deployment tests (pip install cmake)"
+    build = tmp_path_factory.mktemp("cmake-build")
+    configure = [
+        cmake, "-S", str(ROOT), "-B", str(build),
+        f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
+        "-DDLL_EXT_CUDA=OFF",
+    ]
+    if shutil.which("ninja"):
+        configure += ["-G", "Ninja"]
+    for step in (configure, [cmake, "--build", str(build), "-j2"]):
+        result = run_command(step, CMAKE_BUILD_TIMEOUT_S)
+        assert result.returncode == 0, (
+            f"{' '.join(step)} failed ({result.returncode}):\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}"
+        )
+    exe = build / "dll_infer"
+    assert exe.is_file() and os.access(exe, os.X_OK)
+    assert (build / "libdll_ext_ops.so").is_file()
+    return exe
 
 
 @pytest.fixture(autouse=True)

@@ -1,28 +1,20 @@
 """The Python-free deployment path: CMakeLists.txt builds libdll_ext_ops.so and dll_infer, and
 dll_infer runs a scripted model of dll_ext layers exactly as Python does.
 
-The CMake project is built once per module into a temporary folder (about a minute on two
-cores), without the CUDA kernels to keep it short.
+The CMake project is built once per test session into a temporary folder (the dll_infer
+fixture of conftest.py).
 """
-import os
-import shutil
-import subprocess
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn as nn
-import torch.utils
 
 import dll_ext  # noqa: F401  (registers torch.ops.dll_ext for scripting and the reference run)
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from conftest import run_command
 from dll_ext.nn import LSTM, Conv2dReLU, LSTMCell
 
 pytestmark = pytest.mark.slow
-
-ROOT = Path(__file__).resolve().parents[1]
-BUILD_TIMEOUT_S = 900
 
 
 class ConvNet(nn.Module):
@@ -65,36 +57,8 @@ class Tagger(nn.Module):
         return self.fc(states + padded) + (h1 + c1).sum(-1, keepdim=True).unsqueeze(1)
 
 
-def _run(cmd, timeout, **kwargs):
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)
-
-
-@pytest.fixture(scope="module")
-def dll_infer(tmp_path_factory):
-    """Path of dll_infer, configured and built from the top-level CMakeLists.txt."""
-    cmake = shutil.which("cmake")
-    assert cmake, "cmake is required for the C++ deployment tests (pip install cmake)"
-    build = tmp_path_factory.mktemp("cmake-build")
-    configure = [
-        cmake, "-S", str(ROOT), "-B", str(build),
-        f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
-        "-DDLL_EXT_CUDA=OFF",
-    ]
-    if shutil.which("ninja"):
-        configure += ["-G", "Ninja"]
-    for step in (configure, [cmake, "--build", str(build), "-j2"]):
-        result = _run(step, BUILD_TIMEOUT_S)
-        assert result.returncode == 0, (
-            f"{' '.join(step)} failed ({result.returncode}):\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}"
-        )
-    exe = build / "dll_infer"
-    assert exe.is_file() and os.access(exe, os.X_OK)
-    assert (build / "libdll_ext_ops.so").is_file()
-    return exe
-
-
 def _infer(exe, *args):
-    return _run([str(exe), *map(str, args)], 120)
+    return run_command([str(exe), *map(str, args)], 120)
 
 
 def _script(module, path):

@@ -1,10 +1,10 @@
 """The dll-ext command: `dll-ext info`, `dll-ext bench`, `dll-ext train`, `dll-ext generate`,
-`dll-ext export`."""
+`dll-ext answer`, `dll-ext export`."""
 import argparse
 import json
 import sys
 
-from dll_ext.training.options import nonnegative_int, positive_float, positive_int
+from dll_ext.training.options import nonnegative_float, nonnegative_int, positive_float, positive_int
 from dll_ext.training.pipeline import PIPELINES
 
 
@@ -57,6 +57,29 @@ def _generate(args):
     return 0
 
 
+def _answer(args):
+    import torch
+
+    from dll_ext.data.errors import DataError
+    from dll_ext.training.errors import TrainingError
+    from dll_ext.training.pipelines.seq2seq import beam_answers, load_math_model
+
+    try:
+        if args.device == "cuda" and not torch.cuda.is_available():
+            raise TrainingError("--device cuda needs a CUDA GPU, but none is usable here")
+        model, vocabulary = load_math_model(args.checkpoint, torch.device(args.device))
+        hypotheses = beam_answers(model, vocabulary, args.question, args.beam, args.length_penalty)
+    except (TrainingError, DataError) as e:  # the checkpoint or the question: one line
+        print(f"dll-ext answer: error: {e}", file=sys.stderr)
+        return 2
+    if args.nbest == 1:
+        print(hypotheses[0][0])
+    else:
+        for text, score in hypotheses[:args.nbest]:
+            print(f"{score:.4f}\t{text}")
+    return 0
+
+
 def _export(args):
     from dll_ext.data.errors import DataError
     from dll_ext.export import export_run
@@ -106,6 +129,17 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.set_defaults(func=_generate)
+    p = sub.add_parser("answer", help="answer a math question with a math-transformer or math-lstm model",
+                       description="Print the model's answer (greedy decoding, or the best of beam search).")
+    p.add_argument("question", help="the question, in the dataset's words (e.g. 'What is the tens digit of 1234?')")
+    p.add_argument("--checkpoint", required=True, help="best.pt, checkpoint.pt or averaged.pt of a math run")
+    p.add_argument("--beam", type=positive_int, default=1, help="beam size (1: greedy decoding)")
+    p.add_argument("--nbest", type=positive_int, default=1,
+                   help="print this many answers of the N-best list, each after its score")
+    p.add_argument("--length-penalty", type=nonnegative_float, default=0.0,
+                   help="beam search: GNMT's alpha (0: raw log-probabilities)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.set_defaults(func=_answer)
     p = sub.add_parser("export", help="a trained model as TorchScript (and AOTInductor) files for C++ (dll_infer)",
                        description="Write RUN_DIR/export/model.pt (torch.jit.script: the whole inference, "
                                    "generation loops included), model.pt2 (torch.export + AOTInductor: the "

@@ -30,6 +30,8 @@ EXPORTS: Dict[str, str] = {
     "classify": "dll_ext.inference.classifier",
     "nback": "dll_ext.inference.nback",
     "charlm": "dll_ext.inference.char_lm",
+    "math-transformer": "dll_ext.inference.seq2seq",
+    "math-lstm": "dll_ext.inference.seq2seq",
 }
 CHECKPOINTS = {"best": BEST, "checkpoint": CHECKPOINT, "averaged": AVERAGED}
 TORCHSCRIPT_FILE = "model.pt"
@@ -77,6 +79,9 @@ def quiet_torchscript():
     README says so once instead of each export repeating it."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning, message=".*deprecated.*")
+        # torch.nn's TransformerEncoder lists its optional `norm` submodule as a constant, which
+        # TorchScript reports for every Transformer it scripts.
+        warnings.filterwarnings("ignore", category=UserWarning, message="'norm' was found in ScriptModule constants")
         yield
 
 

@@ -4,6 +4,8 @@ Runs are in-process through dll_ext.cli.main. The --quick runs are the real ones
 learning: exact match well above chance); the others are smaller still. Bad input must end in
 one `error:` line on stderr and exit code 2, never a traceback.
 """
+import json
+
 import pytest
 import torch
 
@@ -11,6 +13,7 @@ from dll_ext.cli import main
 from dll_ext.data.math import write_dataset
 from dll_ext.training import load_checkpoint
 from dll_ext.training.pipelines.seq2seq import load_math_model
+from conftest import run_command
 from test_pipelines import PNG, assert_user_error, metrics
 
 pytestmark = pytest.mark.slow
@@ -102,3 +105,51 @@ def test_bad_options_and_data_are_one_line_errors(tmp_path, capsys):
                       "--val-size 100 leaves no training pairs")
     assert not out.exists() or not (out / "checkpoint.pt").exists()
 
+
+
+def answer(out, question, *options):
+    return main(["answer", "--checkpoint", str(out / "best.pt"), question, *options])
+
+
+def test_answer_prints_greedy_and_nbest(quick_run, capsys):
+    _, out = quick_run
+    example = metrics(out)["examples"][PLACE_VALUE][0]
+    capsys.readouterr()
+    assert answer(out, example["question"]) == 0
+    assert capsys.readouterr().out == example["greedy"] + "\n"
+    assert answer(out, example["question"], "--beam", "4", "--nbest", "3") == 0
+    lines = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert [text for _, text in lines] == [h["answer"] for h in example["beam"][:3]]
+    assert [float(score) for score, _ in lines] == pytest.approx([h["score"] for h in example["beam"][:3]], abs=1e-4)
+
+
+def test_answer_bad_input(quick_run, tmp_path, capsys):
+    _, out = quick_run
+    for question, fragment in (("What is the tens digit of 12€4?", "'€' (U+20AC)"), ("", "the question is empty"),
+                               ("1" * 161, "at most 160")):
+        assert_user_error(capsys, answer(out, question), fragment)
+    assert_user_error(capsys, main(["answer", "--checkpoint", str(tmp_path / "none.pt"), "1+1"]), "no checkpoint")
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    assert_user_error(capsys, main(["answer", "--checkpoint", str(tmp_path / "bad.pt"), "1+1"]), "cannot read")
+
+
+def test_answer_refuses_other_pipelines_checkpoints(tmp_path, capsys):
+    out = tmp_path / "nback"
+    assert main(["train", "nback", "--out", str(out), "--quick", "--epochs", "1", "--sequences", "64"]) == 0
+    assert_user_error(capsys, answer(out, "1+1"), "'nback' pipeline", "math-transformer")
+
+
+def test_exported_model_answers_in_cpp_as_in_python(quick_run, dll_infer, capsys):
+    """dll-ext export writes the TorchScript model with the decoding loop inside; dll_infer answers
+    every example question as Python's greedy decoding does, and refuses bad questions."""
+    _, out = quick_run
+    assert main(["export", str(out)]) == 0
+    info = json.loads((out / "export" / "export.json").read_text())
+    assert info["kind"] == "seq2seq" and info["aoti"] is None and "decoding loop" in info["aoti_error"]
+    model = out / "export" / "model.pt"
+    for example in metrics(out)["examples"][PLACE_VALUE]:
+        result = run_command([str(dll_infer), "answer", str(model), example["question"]], 120)
+        assert result.returncode == 0 and result.stdout == example["greedy"] + "\n", result.stderr
+    for question, fragment in (("12€4?", "U+20AC"), ("", "empty"), ("1" * 161, "160")):
+        result = run_command([str(dll_infer), "answer", str(model), question], 120)
+        assert result.returncode == 1 and fragment in result.stderr and result.stderr.count("\n") == 1, result.stderr

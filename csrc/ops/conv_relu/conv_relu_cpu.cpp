@@ -96,7 +96,7 @@ DLL_CPU_CLONES void mask_row(const scalar_t* grad, const scalar_t* out, scalar_t
 // thread streams through memory, and the result does not depend on scheduling.
 template <typename scalar_t>
 void masked_bias_sums(const scalar_t* grad, const scalar_t* out, scalar_t* grad_in,
-                      double* bias_sum, Layout l) {
+                      scalar_t* grad_bias, Layout l) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t units = l.outer * (l.inner > 1 ? l.channels : 1);  // planes, or rows
   // At least kGrain elements a block: a small layer is one block on the calling thread,
@@ -129,17 +129,18 @@ void masked_bias_sums(const scalar_t* grad, const scalar_t* out, scalar_t* grad_
       }
     }
   });
-  std::fill(bias_sum, bias_sum + l.channels, 0.0);
-  for (int64_t b = 0; b < blocks; ++b) {
-    for (int64_t c = 0; c < l.channels; ++c) bias_sum[c] += partial[b * l.channels + c];
+  for (int64_t c = 0; c < l.channels; ++c) {
+    double sum = 0.0;
+    for (int64_t b = 0; b < blocks; ++b) sum += partial[b * l.channels + c];
+    grad_bias[c] = scalar_t(sum);
   }
 }
 
 template <typename scalar_t>
 void relu_backward_kernel(const scalar_t* grad, const scalar_t* out, scalar_t* grad_in,
-                          double* bias_sum, Layout l) {
-  if (bias_sum) {
-    masked_bias_sums(grad, out, grad_in, bias_sum, l);
+                          scalar_t* grad_bias, Layout l) {
+  if (grad_bias) {
+    masked_bias_sums(grad, out, grad_in, grad_bias, l);
     return;
   }
   // Without a bias gradient the pass is elementwise: the layout does not matter.
@@ -151,14 +152,14 @@ void relu_backward_kernel(const scalar_t* grad, const scalar_t* out, scalar_t* g
 std::tuple<at::Tensor, at::Tensor> relu_backward_cpu(const at::Tensor& grad_out,
                                                      const at::Tensor& out, bool bias_grad) {
   at::Tensor grad_in = at::empty_like(out);
-  at::Tensor bias_sum = bias_grad ? at::empty({out.size(1)}, out.options().dtype(at::kDouble))
-                                  : at::Tensor();
+  // The sums are double inside the kernel; written once, in out's dtype, at the end.
+  at::Tensor grad_bias = bias_grad ? at::empty({out.size(1)}, out.options()) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, out.scalar_type(), "conv2d_relu_backward_cpu", [&] {
     relu_backward_kernel<scalar_t>(grad_out.const_data_ptr<scalar_t>(), out.const_data_ptr<scalar_t>(),
                                    grad_in.data_ptr<scalar_t>(),
-                                   bias_grad ? bias_sum.data_ptr<double>() : nullptr, layout_of(out));
+                                   bias_grad ? grad_bias.data_ptr<scalar_t>() : nullptr, layout_of(out));
   });
-  return {grad_in, bias_grad ? bias_sum.to(out.scalar_type()) : at::Tensor()};
+  return {grad_in, grad_bias};
 }
 
 constexpr Backend kCpu{bias_relu_cpu_, relu_backward_cpu};

@@ -5,6 +5,9 @@ learning: exact match well above chance); the others are smaller still. Bad inpu
 one `error:` line on stderr and exit code 2, never a traceback.
 """
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -153,3 +156,21 @@ def test_exported_model_answers_in_cpp_as_in_python(quick_run, dll_infer, capsys
     for question, fragment in (("12€4?", "U+20AC"), ("", "empty"), ("1" * 161, "160")):
         result = run_command([str(dll_infer), "answer", str(model), question], 120)
         assert result.returncode == 1 and fragment in result.stderr and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_ddp_two_processes(tmp_path):
+    """Under torchrun, 2 processes of 16 answers each take the steps 1 process of 32 takes. The
+    losses are close, not equal: each process averages over its own answers' tokens."""
+    options = ["--train-size", "640", "--val-size", "64", "--test-size", "16", "--hidden-size", "32", "--epochs", "1",
+               "--dropout", "0", "--beam", "2"]
+    assert train("math-lstm", tmp_path / "single", *options, "--batch-size", "32") == 0
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "dll_ext.cli",
+         "train", "math-lstm", "--out", str(tmp_path / "ddp"), "--device", "cpu", *options, "--batch-size", "16"],
+        capture_output=True, text=True, timeout=300, env={**env, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    single, ddp = metrics(tmp_path / "single"), metrics(tmp_path / "ddp")
+    assert ddp["world_size"] == 2 and ddp["steps"] == single["steps"] == 18
+    assert ddp["val"]["loss"] == pytest.approx(single["val"]["loss"], rel=0.05)
+    assert sorted(ddp["test_greedy_exact_match"]) == [PLACE_VALUE]

@@ -22,82 +22,83 @@ def _bench(args):
     return run_benchmarks(device=args.device, quick=args.quick, op=args.op, out_dir=args.out)
 
 
-def _train(args):
+def _one_line_errors(command: str, work) -> int:
+    """work()'s exit code; the user's mistakes (options, files, data, checkpoints, prompts) are
+    one `dll-ext COMMAND: error: ...` line on stderr and exit code 2, never a traceback."""
     from dll_ext.data.errors import DataError
-    from dll_ext.training.command import run
     from dll_ext.training.errors import TrainingError
 
     try:
-        return run(args.pipeline, args.options)
-    except (TrainingError, DataError) as e:  # the user's options, files or data: one line
-        print(f"dll-ext train: error: {e}", file=sys.stderr)
+        return work()
+    except (TrainingError, DataError) as e:
+        print(f"dll-ext {command}: error: {e}", file=sys.stderr)
         return 2
+
+
+def _inference_device(name: str):
+    import torch
+
+    from dll_ext.training.errors import TrainingError
+
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("--device cuda needs a CUDA GPU, but none is usable here")
+    return torch.device(name)
+
+
+def _train(args):
+    from dll_ext.training.command import run
+
+    try:
+        return _one_line_errors("train", lambda: run(args.pipeline, args.options))
     except KeyboardInterrupt:
         print("dll-ext train: interrupted", file=sys.stderr)
         return 130
 
 
 def _generate(args):
-    import torch
-
-    from dll_ext.data.errors import DataError
-    from dll_ext.training.errors import TrainingError
     from dll_ext.training.pipelines.charlm import generate_text, load_char_lm
 
-    try:
-        if args.device == "cuda" and not torch.cuda.is_available():
-            raise TrainingError("--device cuda needs a CUDA GPU, but none is usable here")
-        model, vocabulary = load_char_lm(args.checkpoint, torch.device(args.device))
+    def work():
+        model, vocabulary = load_char_lm(args.checkpoint, _inference_device(args.device))
         text = generate_text(model, vocabulary, args.prompt, args.length, args.greedy,
                              args.temperature or 1.0, args.top_k, args.seed)
-    except (TrainingError, DataError) as e:  # the checkpoint or the prompt: one line
-        print(f"dll-ext generate: error: {e}", file=sys.stderr)
-        return 2
-    print(args.prompt + text)
-    return 0
+        print(args.prompt + text)
+        return 0
+
+    return _one_line_errors("generate", work)
 
 
 def _answer(args):
-    import torch
-
-    from dll_ext.data.errors import DataError
-    from dll_ext.training.errors import TrainingError
     from dll_ext.training.pipelines.seq2seq import beam_answers, load_math_model
 
-    try:
-        if args.device == "cuda" and not torch.cuda.is_available():
-            raise TrainingError("--device cuda needs a CUDA GPU, but none is usable here")
-        model, vocabulary = load_math_model(args.checkpoint, torch.device(args.device))
+    def work():
+        model, vocabulary = load_math_model(args.checkpoint, _inference_device(args.device))
         hypotheses = beam_answers(model, vocabulary, args.question, args.beam, args.length_penalty)
-    except (TrainingError, DataError) as e:  # the checkpoint or the question: one line
-        print(f"dll-ext answer: error: {e}", file=sys.stderr)
-        return 2
-    if args.nbest == 1:
-        print(hypotheses[0][0])
-    else:
-        for text, score in hypotheses[:args.nbest]:
-            print(f"{score:.4f}\t{text}")
-    return 0
+        if args.nbest == 1:
+            print(hypotheses[0][0])
+        else:
+            for text, score in hypotheses[:args.nbest]:
+                print(f"{score:.4f}\t{text}")
+        return 0
+
+    return _one_line_errors("answer", work)
 
 
 def _export(args):
-    from dll_ext.data.errors import DataError
     from dll_ext.export import export_run
-    from dll_ext.training.errors import TrainingError
 
-    try:
+    def work():
         info = export_run(args.run_dir, args.checkpoint, args.out, aoti=not args.no_aoti)
-    except (TrainingError, DataError) as e:  # the run folder or its checkpoint: one line
-        print(f"dll-ext export: error: {e}", file=sys.stderr)
-        return 2
-    out = info["out"]
-    print(f"{out}/{info['torchscript']}: TorchScript {info['kind']} ({', '.join(info['methods'])})")
-    if info["aoti"]:
-        print(f"{out}/{info['aoti']}: AOTInductor package of forward")
-    elif not args.no_aoti:
-        print(f"note: no .pt2: {info['aoti_error']}", file=sys.stderr)
-    print(f"{out}/export.json")
-    return 0
+        out = info["out"]
+        print(f"{out}/{info['torchscript']}: TorchScript {info['kind']} ({', '.join(info['methods'])})")
+        if info["aoti"]:
+            print(f"{out}/{info['aoti']}: AOTInductor package of forward")
+        elif not args.no_aoti:
+            print(f"note: no .pt2: {info['aoti_error']}", file=sys.stderr)
+        print(f"{out}/export.json")
+        return 0
+
+    return _one_line_errors("export", work)
 
 
 def main(argv=None):

@@ -110,17 +110,18 @@ class MathTask(Task):
         """Greedy and beam-search exact match per module on the test pairs, N-best examples, and
         attention.png (heatmaps of the first test questions)."""
         model.eval()
-        greedy, beam, examples = {}, {}, {}
+        greedy, beam, examples, greedy_by_module = {}, {}, {}, {}
         for module, pairs in self.test_pairs.items():
-            answers = greedy_answers(model, self.vocabulary, [q for q, _ in pairs])
+            answers = greedy_by_module[module] = greedy_answers(model, self.vocabulary, [q for q, _ in pairs])
             greedy[module] = _exact_match(answers, pairs)
             nbest = [beam_answers(model, self.vocabulary, q, self.beam, self.length_penalty) for q, _ in pairs]
             beam[module] = _exact_match([hypotheses[0][0] for hypotheses in nbest], pairs)
             examples[module] = [{"question": q, "answer": a, "greedy": g,
                                  "beam": [{"answer": text, "score": score} for text, score in hypotheses]}
                                 for (q, a), g, hypotheses in list(zip(pairs, answers, nbest))[:EXAMPLES]]
-        first = next(iter(self.test_pairs.values()))[:HEATMAPS]
-        plot_attention(model, self.vocabulary, [q for q, _ in first], out_dir / "attention.png")
+        module, pairs = next(iter(self.test_pairs.items()))
+        plot_attention(model, self.vocabulary, [q for q, _ in pairs[:HEATMAPS]], greedy_by_module[module][:HEATMAPS],
+                       out_dir / "attention.png")
         return {"test_greedy_exact_match": greedy, f"test_beam{self.beam}_exact_match": beam,
                 "examples": examples}
 
@@ -165,12 +166,13 @@ def beam_answers(model, vocabulary: Seq2SeqVocabulary, question: str, beam: int,
     return [(vocabulary.decode(h.tokens), h.score) for h in hypotheses]
 
 
-def plot_attention(model, vocabulary: Seq2SeqVocabulary, questions: Sequence[str], path: Path) -> None:
+def plot_attention(model, vocabulary: Seq2SeqVocabulary, questions: Sequence[str], answers: Sequence[str],
+                   path: Path) -> None:
     """One heatmap per question: the attention over its characters (columns) while the model
-    writes each character of its greedy answer and <eos> (rows)."""
+    writes each character of its (greedy) answer and <eos> (rows)."""
     device = next(model.parameters()).device
     fig, axes = figure(len(questions), width=7.0, height=3.0)
-    for ax, question, answer in zip(axes, questions, greedy_answers(model, vocabulary, questions)):
+    for ax, question, answer in zip(axes, questions, answers):
         source = encode_question(vocabulary, question).to(device)
         target = torch.cat([torch.tensor([vocabulary.sos_id]), vocabulary.encode(answer, map_unknown=True)])
         with torch.no_grad():

@@ -3,7 +3,9 @@
 // in scalar libm calls they would cost as much as the GEMMs around them.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "common/host_device.h"
 
@@ -48,5 +50,36 @@ DLL_HOST_DEVICE float tanh_vectorisable(float x) {
   return (x2 < 0.16f) ? small : large;
 }
 #endif
+
+// exp, tanh and log of the element math of every op, for the CPU and the GPU: on the CPU
+// float takes the vectorisable forms above and double libm's; on the GPU, CUDA's own.
+template <typename T>
+DLL_HOST_DEVICE T fast_exp(T x) {
+#if defined(__CUDA_ARCH__)
+  return exp(x);
+#else
+  if constexpr (std::is_same_v<T, float>) return exp_vectorisable(x);
+  else return std::exp(x);
+#endif
+}
+
+template <typename T>
+DLL_HOST_DEVICE T fast_tanh(T x) {
+#if defined(__CUDA_ARCH__)
+  return tanh(x);
+#else
+  if constexpr (std::is_same_v<T, float>) return tanh_vectorisable(x);
+  else return std::tanh(x);
+#endif
+}
+
+template <typename T>
+DLL_HOST_DEVICE T log_of(T x) {
+#if defined(__CUDA_ARCH__)
+  return log(x);
+#else
+  return std::log(x);
+#endif
+}
 
 }  // namespace dll_ext

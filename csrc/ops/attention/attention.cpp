@@ -1,4 +1,6 @@
-// Schemas and argument checks of the attention ops.
+// Schemas, argument checks and the backend-independent composition of the attention ops.
+#include "ops/attention/attention.h"
+
 #include <torch/library.h>
 
 #include <algorithm>
@@ -6,30 +8,34 @@
 #include <string>
 
 #include "common/checks.h"
-#include "ops/attention/attention.h"
+#include "common/dtypes.h"
 
 namespace dll_ext::attention {
 namespace {
 
-// A floating dtype as Python spells it (torch.float32 and so on), for messages.
-const char* torch_name(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return "float32";
-    case at::kDouble: return "float64";
-    case at::kHalf: return "float16";
-    case at::kBFloat16: return "bfloat16";
-    default: return c10::toString(t);
-  }
+constexpr DtypeTable kDtypes{{at::kFloat, at::kDouble, at::kBFloat16, at::kHalf},
+                             {at::kFloat, at::kHalf, at::kBFloat16}};
+const RegisterDtypes kRegistered({"attention"}, kDtypes);
+
+bool reduced_precision(at::ScalarType t) { return t == at::kBFloat16 || t == at::kHalf; }
+
+// The dtype of the row log-sum-exp and of the mask gradient's buffer: the accumulation type.
+at::ScalarType accumulation_dtype(at::ScalarType query_dtype) {
+  return reduced_precision(query_dtype) ? at::kFloat : query_dtype;
 }
 
-}  // namespace
+// A (B, H, rows, features) tensor whose rows the kernels (and BLAS) can address by a row
+// stride: unit stride along the features and a row stride of at least a row, as the head
+// views of a projection (MultiheadAttention's permuted q, k, v) have. Other layouts are
+// copied once.
+at::Tensor rows_addressable(const at::Tensor& t) {
+  const bool ok = t.stride(3) == 1 && t.stride(2) >= std::max<int64_t>(1, t.size(3));
+  return ok ? t : t.contiguous();
+}
 
 Problem check_and_resolve(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                          const std::optional<at::Tensor>& attn_mask,
-                          const std::optional<at::Tensor>& key_padding_mask, bool is_causal,
-                          std::optional<double> scale, double dropout_p,
-                          const std::optional<at::Tensor>& dropout_seed,
-                          std::initializer_list<at::ScalarType> supported) {
+                          const OptTensor& attn_mask, const OptTensor& key_padding_mask, bool is_causal,
+                          std::optional<double> scale, double dropout_p, const OptTensor& dropout_seed) {
   const std::string prefix = std::string(op) + ": ";
   check_dim(q, 4, (prefix + "query").c_str(), "(batch, heads, L, E)");
   check_dim(k, 4, (prefix + "key").c_str(), "(batch, heads, S, E)");
@@ -45,14 +51,8 @@ Problem check_and_resolve(const char* op, const at::Tensor& q, const at::Tensor&
                     "; they must match");
   TORCH_CHECK_VALUE(v.size(2) == k.size(2), op, ": value has ", v.size(2), " positions but key has ", k.size(2),
                     "; they must match");
+  check_dtype_supported(op, q, kDtypes, "query");
   const auto dtype = q.scalar_type();
-  if (std::find(supported.begin(), supported.end(), dtype) == supported.end()) {
-    std::string names;
-    for (const auto t : supported) names += std::string(names.empty() ? "" : ", ") + torch_name(t);
-    TORCH_CHECK_TYPE(false, op, ": query dtype ", dtype, " is not supported on ", q.device().type(),
-                     "; supported: ", names);
-  }
-
   Problem p{q.size(0), q.size(1), q.size(2), k.size(2), q.size(3), v.size(3), 0.0, is_causal, {}, {}};
   p.scale = scale.value_or(1.0 / std::sqrt(static_cast<double>(std::max<int64_t>(p.head_dim, 1))));
   TORCH_CHECK_VALUE(std::isfinite(p.scale), op, ": scale must be finite, but got ", p.scale);
@@ -82,6 +82,12 @@ Problem check_and_resolve(const char* op, const at::Tensor& q, const at::Tensor&
                       m.sizes());
     p.key_padding = m.contiguous();
   }
+  if (dropout_seed) {
+    // The seed is read on the host, but a CUDA seed would send CPU inputs to the CUDA kernels.
+    TORCH_CHECK(dropout_seed->device().is_cpu() || dropout_seed->device() == q.device(), op,
+                ": dropout_seed must be on the CPU or on query's device (", q.device(), "), but it is on ",
+                dropout_seed->device());
+  }
   TORCH_CHECK_VALUE(dropout_p >= 0.0 && dropout_p < 1.0, op, ": dropout_p must be in [0, 1), but got ", dropout_p);
   if (dropout_p > 0.0) {
     TORCH_CHECK_VALUE(dropout_seed && dropout_seed->numel() == 1 && dropout_seed->scalar_type() == at::kLong, op,
@@ -95,10 +101,6 @@ Problem check_and_resolve(const char* op, const at::Tensor& q, const at::Tensor&
   return p;
 }
 
-at::ScalarType lse_dtype(at::ScalarType query_dtype) {
-  return query_dtype == at::kHalf || query_dtype == at::kBFloat16 ? at::kFloat : query_dtype;
-}
-
 void check_backward_inputs(const Problem& p, const at::Tensor& q, const at::Tensor& grad_out, const at::Tensor& out,
                            const at::Tensor& lse, bool mask_grad) {
   constexpr const char* op = "attention_backward";
@@ -110,11 +112,71 @@ void check_backward_inputs(const Problem& p, const at::Tensor& q, const at::Tens
                      " must match query's dtype and device");
   }
   TORCH_CHECK_VALUE(lse.sizes() == at::IntArrayRef({p.batch, p.heads, p.queries}) &&
-                        lse.scalar_type() == lse_dtype(q.scalar_type()) && lse.device() == q.device(),
-                    op, ": lse must have shape (batch, heads, L), dtype ", lse_dtype(q.scalar_type()),
+                        lse.scalar_type() == accumulation_dtype(q.scalar_type()) && lse.device() == q.device(),
+                    op, ": lse must have shape (batch, heads, L), dtype ", accumulation_dtype(q.scalar_type()),
                     " and query's device, but got ", lse.sizes(), " ", lse.scalar_type());
   TORCH_CHECK_VALUE(!mask_grad || (p.attn.defined() && p.attn.scalar_type() != at::kBool), op,
                     ": mask_grad needs a floating-point attn_mask");
+}
+
+// float32 copies of float16/bfloat16 tensors, for a backend that computes them in float.
+at::Tensor in_float(const at::Tensor& t) { return reduced_precision(t.scalar_type()) ? t.to(at::kFloat) : t; }
+
+OptTensor in_float(const OptTensor& t) { return t ? OptTensor(in_float(*t)) : std::nullopt; }
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> forward(const Backend& backend, const at::Tensor& q, const at::Tensor& k,
+                                           const at::Tensor& v, const OptTensor& attn_mask,
+                                           const OptTensor& key_padding_mask, bool is_causal,
+                                           std::optional<double> scale, double dropout_p,
+                                           const OptTensor& dropout_seed) {
+  constexpr const char* op = "attention";
+  Problem p = check_and_resolve(op, q, k, v, attn_mask, key_padding_mask, is_causal, scale, dropout_p, dropout_seed);
+  backend.check_limits(op, p, /*backward=*/false);
+  const auto dtype = q.scalar_type();
+  if (backend.computes_reduced_in_float && reduced_precision(dtype)) {
+    auto [out, lse] = forward(backend, in_float(q), in_float(k), in_float(v), in_float(attn_mask), key_padding_mask,
+                              is_causal, scale, dropout_p, dropout_seed);
+    return {out.to(dtype), lse};
+  }
+  at::Tensor out = at::empty({p.batch, p.heads, p.queries, p.value_dim}, q.options());
+  at::Tensor lse = at::empty({p.batch, p.heads, p.queries}, q.options().dtype(accumulation_dtype(dtype)));
+  if (lse.numel() > 0) backend.forward(p, rows_addressable(q), rows_addressable(k), rows_addressable(v), out, lse);
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, OptTensor> backward(
+    const Backend& backend, const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
+    const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse, const OptTensor& attn_mask,
+    const OptTensor& key_padding_mask, bool is_causal, std::optional<double> scale, double dropout_p,
+    const OptTensor& dropout_seed, bool mask_grad) {
+  constexpr const char* op = "attention_backward";
+  Problem p = check_and_resolve(op, q, k, v, attn_mask, key_padding_mask, is_causal, scale, dropout_p, dropout_seed);
+  check_backward_inputs(p, q, grad_out, out, lse, mask_grad);
+  backend.check_limits(op, p, /*backward=*/true);
+  const auto dtype = q.scalar_type();
+  if (backend.computes_reduced_in_float && reduced_precision(dtype)) {
+    auto [dq, dk, dv, dmask] =
+        backward(backend, in_float(grad_out), in_float(q), in_float(k), in_float(v), in_float(out), lse,
+                 in_float(attn_mask), key_padding_mask, is_causal, scale, dropout_p, dropout_seed, mask_grad);
+    if (dmask) dmask = dmask->to(dtype);
+    return {dq.to(dtype), dk.to(dtype), dv.to(dtype), dmask};
+  }
+  // Zeros: the kernels skip fully masked tiles, and rows and keys past them.
+  at::Tensor grad_q = at::zeros({p.batch, p.heads, p.queries, p.head_dim}, q.options());
+  at::Tensor grad_k = at::zeros({p.batch, p.heads, p.keys, p.head_dim}, q.options());
+  at::Tensor grad_v = at::zeros({p.batch, p.heads, p.keys, p.value_dim}, q.options());
+  at::Tensor grad_mask = mask_grad ? at::zeros({p.batch, p.heads, p.queries, p.keys},
+                                               q.options().dtype(accumulation_dtype(dtype)))
+                                   : at::Tensor();
+  if (p.batch * p.heads * p.queries > 0 && p.keys > 0) {
+    backend.backward(p, grad_out.contiguous(), rows_addressable(q), rows_addressable(k), rows_addressable(v),
+                     out.contiguous(), lse.contiguous(), grad_q, grad_k, grad_v, grad_mask);
+  }
+  OptTensor mask_gradient;
+  if (mask_grad) mask_gradient = at::sum_to(grad_mask, attn_mask->sizes()).to(dtype);
+  return {grad_q, grad_k, grad_v, mask_gradient};
 }
 
 }  // namespace dll_ext::attention

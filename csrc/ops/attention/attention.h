@@ -3,13 +3,17 @@
 // scores; the backward recomputes each tile's probabilities from the saved row log-sum-exp.
 // Layouts: q (B, H, L, E), k (B, H, S, E), v (B, H, S, Ev), out (B, H, L, Ev),
 // lse (B, H, L) in the accumulation type (float32 for float16/bfloat16 inputs).
+//
+// attention.cpp checks the arguments and composes the ops from a backend's two kernels
+// (attention_cpu.cpp, attention_cuda.cu); their element math is attention_math.h.
 #pragma once
 
 #include <ATen/ATen.h>
 
-#include <algorithm>
 #include <optional>
+#include <tuple>
 
+#include "common/registration.h"
 #include "ops/attention/attention_dropout.h"
 
 namespace dll_ext::attention {
@@ -25,28 +29,41 @@ struct Problem {
   Dropout dropout;
 };
 
-// `supported`: the dtypes the calling device's kernels take, e.g. "float32, float64".
-Problem check_and_resolve(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                          const std::optional<at::Tensor>& attn_mask,
-                          const std::optional<at::Tensor>& key_padding_mask, bool is_causal,
-                          std::optional<double> scale, double dropout_p,
-                          const std::optional<at::Tensor>& dropout_seed,
-                          std::initializer_list<at::ScalarType> supported);
+struct Backend {
+  // Whether float16/bfloat16 inputs run the float32 kernels on float32 copies (the CPU's).
+  bool computes_reduced_in_float;
+  // Refuses a problem beyond this backend's kernels (sizes, memory), naming the limit.
+  void (*check_limits)(const char* op, const Problem& p, bool backward);
+  // Writes out and lse. q, k and v have addressable rows (rows_addressable).
+  void (*forward)(const Problem& p, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                  at::Tensor& out, at::Tensor& lse);
+  // Writes grad_q, grad_k, grad_v and, when defined, grad_mask (B, H, L, S) in the
+  // accumulation type; grad_out, out and lse are contiguous.
+  void (*backward)(const Problem& p, const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
+                   const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse, at::Tensor& grad_q,
+                   at::Tensor& grad_k, at::Tensor& grad_v, at::Tensor& grad_mask);
+};
 
-// A (B, H, rows, features) tensor whose rows the kernels (and BLAS) can address by a row
-// stride: unit stride along the features and a row stride of at least a row, as the head
-// views of a projection (MultiheadAttention's permuted q, k, v) have. Other layouts are
-// copied once.
-inline at::Tensor rows_addressable(const at::Tensor& t) {
-  const bool ok = t.stride(3) == 1 && t.stride(2) >= std::max<int64_t>(1, t.size(3));
-  return ok ? t : t.contiguous();
+using OptTensor = std::optional<at::Tensor>;
+
+// The ops _attention_forward (out, lse) and attention_backward (grad_q, grad_k, grad_v,
+// grad_mask summed to attn_mask's shape) on a backend.
+std::tuple<at::Tensor, at::Tensor> forward(const Backend& backend, const at::Tensor& q, const at::Tensor& k,
+                                           const at::Tensor& v, const OptTensor& attn_mask,
+                                           const OptTensor& key_padding_mask, bool is_causal,
+                                           std::optional<double> scale, double dropout_p,
+                                           const OptTensor& dropout_seed);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, OptTensor> backward(
+    const Backend& backend, const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
+    const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse, const OptTensor& attn_mask,
+    const OptTensor& key_padding_mask, bool is_causal, std::optional<double> scale, double dropout_p,
+    const OptTensor& dropout_seed, bool mask_grad);
+
+template <const Backend& backend, typename Guard>
+void register_kernels(torch::Library& m) {
+  impl<Guard, backend, forward>(m, "_attention_forward");
+  impl<Guard, backend, backward>(m, "attention_backward");
 }
-
-// The dtype of the row log-sum-exp: the accumulation type of the query's dtype.
-at::ScalarType lse_dtype(at::ScalarType query_dtype);
-
-// The checks of attention_backward's extra inputs (grad_out, out, lse, mask_grad).
-void check_backward_inputs(const Problem& p, const at::Tensor& q, const at::Tensor& grad_out, const at::Tensor& out,
-                           const at::Tensor& lse, bool mask_grad);
 
 }  // namespace dll_ext::attention

@@ -1,5 +1,5 @@
-// CPU kernels of the attention ops (float32 and float64; bfloat16 and float16 through
-// float32). Work is cut into tiles of kQueryBlock queries by kKeyBlock
+// CPU kernels of the attention ops (float32 and float64; attention.cpp runs bfloat16 and
+// float16 through float32). Work is cut into tiles of kQueryBlock queries by kKeyBlock
 // keys; the GEMMs of a tile call BLAS directly (common/blas.h), without the dispatcher's
 // per-call cost. Tiles whose every score is masked (above the causal diagonal, all keys
 // padded, an all-False block of a boolean mask) are skipped before their GEMM. Forward is
@@ -10,16 +10,14 @@
 
 #include <algorithm>
 #include <array>
-#include <cmath>
 #include <cstdint>
-#include <limits>
-#include <type_traits>
 #include <vector>
 
 #include "common/blas.h"
-#include "common/fast_math.h"
 #include "common/host_device.h"
+#include "common/registration.h"
 #include "ops/attention/attention.h"
+#include "ops/attention/attention_math.h"
 
 namespace dll_ext::attention {
 namespace {
@@ -29,43 +27,6 @@ constexpr bool kNoTranspose = false, kTranspose = true;
 
 constexpr int64_t kQueryBlock = 64;
 constexpr int64_t kKeyBlock = 128;
-constexpr std::initializer_list<at::ScalarType> kSupported{at::kFloat, at::kDouble, at::kBFloat16, at::kHalf};
-
-// bfloat16 and float16 run the float32 kernels on float32 copies of the inputs (extra memory
-// linear in the sequence length): results are rounded back, lse stays float32.
-bool reduced_precision(const at::Tensor& t) {
-  return t.scalar_type() == at::kBFloat16 || t.scalar_type() == at::kHalf;
-}
-
-std::optional<at::Tensor> as_float(const std::optional<at::Tensor>& t) {
-  if (!t || !reduced_precision(*t)) return t;
-  return t->to(at::kFloat);
-}
-
-template <typename T>
-constexpr T kNegInf = -std::numeric_limits<T>::infinity();
-
-template <typename T>
-DLL_HOST_DEVICE T exp_of(T x) {
-  if constexpr (std::is_same_v<T, float>) return exp_vectorisable(x);
-  return std::exp(x);
-}
-
-// value where keep, else -inf, without a branch (a bit blend on the float's bits): with a
-// select on a bool the compiler emitted a scalar branchy loop.
-template <typename T>
-DLL_HOST_DEVICE T keep_or_neg_inf(T value, bool keep) {
-  using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
-  Bits v, inf;
-  const T neg_inf = kNegInf<T>;
-  __builtin_memcpy(&v, &value, sizeof(T));
-  __builtin_memcpy(&inf, &neg_inf, sizeof(T));
-  const Bits all = Bits(0) - static_cast<Bits>(keep);
-  const Bits blended = (v & all) | (inf & ~all);
-  T out;
-  __builtin_memcpy(&out, &blended, sizeof(T));
-  return out;
-}
 
 // The masks of one row of scores, in place: an additive mask is added, disallowed (bool
 // False), padded and causally excluded scores become -inf. Mask pointers are at the row's
@@ -76,9 +37,9 @@ DLL_CPU_CLONES void mask_row(T* row, int64_t cols, const bool* allowed, const T*
   // Unit stride (a mask that does not broadcast along the keys) gets its own loops, which
   // vectorise; a broadcast one is a constant along the row.
   if (added && stride == 1) {
-    for (int64_t c = 0; c < cols; ++c) row[c] += added[c];
+    for (int64_t c = 0; c < cols; ++c) row[c] = add_mask(row[c], added[c]);
   } else if (added) {
-    for (int64_t c = 0; c < cols; ++c) row[c] += added[c * stride];
+    for (int64_t c = 0; c < cols; ++c) row[c] = add_mask(row[c], added[c * stride]);
   }
   if (allowed && stride == 1) {
     for (int64_t c = 0; c < cols; ++c) row[c] = keep_or_neg_inf(row[c], allowed[c]);
@@ -88,7 +49,7 @@ DLL_CPU_CLONES void mask_row(T* row, int64_t cols, const bool* allowed, const T*
   if (padded) {
     for (int64_t c = 0; c < cols; ++c) row[c] = keep_or_neg_inf(row[c], !padded[c]);
   }
-  for (int64_t c = causal_from; c < cols; ++c) row[c] = kNegInf<T>;
+  for (int64_t c = causal_from; c < cols; ++c) row[c] = keep_or_neg_inf(row[c], false);
 }
 
 // Raw views of one call: the inputs' rows of head (b, h) and the masks.
@@ -104,7 +65,7 @@ struct Call {
   const bool* padding = nullptr;
 
   Call(const Problem& problem, const at::Tensor& q_, const at::Tensor& k_, const at::Tensor& v_)
-      : p(problem), q(rows_addressable(q_)), k(rows_addressable(k_)), v(rows_addressable(v_)) {
+      : p(problem), q(q_), k(k_), v(v_) {
     if (p.attn.defined()) {
       for (int d = 0; d < 4; ++d) mask_strides[d] = p.attn.stride(d);
       if (p.attn.scalar_type() != at::kBool) {
@@ -135,7 +96,7 @@ struct Call {
 
   // Whether every score of the tile is masked, decided without computing it.
   bool tile_masked(int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t j0, int64_t cols) const {
-    if (p.causal && j0 > i0 + rows - 1) return true;
+    if (p.causal && j0 >= causal_key_limit(i0 + rows - 1)) return true;
     if (padding) {
       const bool* pad = padding + b * p.keys + j0;
       bool all = true;
@@ -166,7 +127,7 @@ struct Call {
   void mask(int64_t b, int64_t h, int64_t i, int64_t j0, int64_t cols, T* row) const {
     const int64_t at = mask_offset(b, h, i, j0);
     // Keys after the query's position are masked under is_causal (top-left aligned).
-    const int64_t causal_from = p.causal ? std::clamp<int64_t>(i + 1 - j0, 0, cols) : cols;
+    const int64_t causal_from = p.causal ? std::clamp<int64_t>(causal_key_limit(i) - j0, 0, cols) : cols;
     mask_row(row, cols, bool_mask ? bool_mask + at : nullptr, add_mask ? add_mask + at : nullptr, mask_strides[3],
              padding ? padding + b * p.keys + j0 : nullptr, causal_from);
   }
@@ -205,47 +166,46 @@ DLL_HOST_DEVICE T row_sum(const T* s, int64_t cols) {
 }
 
 // The online-softmax update of one tile's row: s becomes the row's probabilities relative
-// to the new running max; returns the factor by which earlier sums and outputs shrink.
+// to the new running max; returns the factor by which earlier outputs shrink.
 template <typename T>
-DLL_CPU_CLONES T softmax_update(T* s, int64_t cols, T& max, T& sum) {
-  const T tile_max = row_max(s, cols);
-  const T new_max = tile_max > max ? tile_max : max;
-  if (new_max == kNegInf<T>) {  // nothing unmasked in this row yet
-    for (int64_t c = 0; c < cols; ++c) s[c] = T(0);
-    return T(1);
-  }
-  const T shrink = max == kNegInf<T> ? T(0) : exp_of(max - new_max);
-  for (int64_t c = 0; c < cols; ++c) s[c] = s[c] == kNegInf<T> ? T(0) : exp_of(s[c] - new_max);
-  sum = sum * shrink + row_sum(s, cols);
-  max = new_max;
+DLL_CPU_CLONES T softmax_update(T* s, int64_t cols, RowSoftmax<T>& softmax) {
+  const T shrink = softmax.rescale(row_max(s, cols));
+  for (int64_t c = 0; c < cols; ++c) s[c] = softmax.unnormalised(s[c]);
+  softmax.add(row_sum(s, cols));
   return shrink;
 }
 
-// Backward: a row of scores becomes its probabilities exp(score - lse) (0 where masked, and
-// in rows whose every key is masked, which have lse = +inf).
+// Backward: a row of scores becomes its probabilities.
 template <typename T>
 DLL_CPU_CLONES void probabilities_row(T* row, int64_t cols, T lse) {
-  if (lse == -kNegInf<T>) {
-    for (int64_t c = 0; c < cols; ++c) row[c] = T(0);
-    return;
-  }
-  for (int64_t c = 0; c < cols; ++c) row[c] = row[c] == kNegInf<T> ? T(0) : exp_of(row[c] - lse);
+  for (int64_t c = 0; c < cols; ++c) row[c] = probability(row[c], lse);
 }
 
-// Dropout on a row: dst = src * keep_scale where the element is kept, else 0 (dst may be src).
-// The multiply by the kept flag, not a select, keeps the loop vector code.
+// Dropout on a row: dst = src * Z (dst may be src).
 template <typename T>
 DLL_CPU_CLONES void dropout_row_apply(T* dst, const T* src, int64_t cols, DropoutRow row, int64_t first_key,
                                       uint32_t threshold, T keep_scale) {
-  for (int64_t c = 0; c < cols; ++c) {
-    dst[c] = src[c] * (static_cast<T>(dropout_keeps(row, first_key + c, threshold)) * keep_scale);
-  }
+  for (int64_t c = 0; c < cols; ++c) dst[c] = src[c] * dropout_factor(row, first_key + c, threshold, keep_scale);
 }
 
-// dS = P (dP - delta), in place of dP.
+// The float mask's gradient of a row, from its dS.
+template <typename T>
+DLL_CPU_CLONES void mask_gradient_row(T* __restrict__ dmask, const T* __restrict__ ds, int64_t cols) {
+  for (int64_t c = 0; c < cols; ++c) dmask[c] = mask_gradient(ds[c]);
+}
+
+// dS in place of dP, without dropout (Z = 1) or with it; with a float mask, its gradient too.
 template <typename T>
 DLL_CPU_CLONES void score_gradient_row(T* __restrict__ dp, const T* __restrict__ prob, int64_t cols, T delta) {
-  for (int64_t c = 0; c < cols; ++c) dp[c] = prob[c] * (dp[c] - delta);
+  for (int64_t c = 0; c < cols; ++c) dp[c] = score_gradient(prob[c], dp[c], T(1), delta);
+}
+
+template <typename T>
+DLL_CPU_CLONES void score_gradient_row(T* __restrict__ dp, const T* __restrict__ prob, int64_t cols, T delta,
+                                       DropoutRow row, int64_t first_key, uint32_t threshold, T keep_scale) {
+  for (int64_t c = 0; c < cols; ++c) {
+    dp[c] = score_gradient(prob[c], dp[c], dropout_factor(row, first_key + c, threshold, keep_scale), delta);
+  }
 }
 
 template <typename T>
@@ -257,15 +217,15 @@ void forward_kernel(const Call<T>& call, at::Tensor& out, at::Tensor& lse) {
   const Dropout& drop = p.dropout;
   const T keep_scale = static_cast<T>(drop.keep_scale);
   at::parallel_for(0, p.batch * p.heads * query_blocks, 1, [&](int64_t first, int64_t last) {
-    std::vector<T> s(kQueryBlock * kKeyBlock), max(kQueryBlock), sum(kQueryBlock);
+    std::vector<T> s(kQueryBlock * kKeyBlock);
+    std::vector<RowSoftmax<T>> softmax(kQueryBlock);
     for (int64_t task = first; task < last; ++task) {
       const int64_t bh = task / query_blocks, b = bh / p.heads, h = bh % p.heads;
       const int64_t i0 = (task % query_blocks) * kQueryBlock, rows = std::min(kQueryBlock, p.queries - i0);
       // The output rows accumulate the unnormalised sum of probabilities times values.
       T* acc = out_data + (bh * p.queries + i0) * p.value_dim;
       std::fill(acc, acc + rows * p.value_dim, T(0));
-      std::fill(max.begin(), max.end(), kNegInf<T>);
-      std::fill(sum.begin(), sum.end(), T(0));
+      std::fill(softmax.begin(), softmax.end(), RowSoftmax<T>{});
       for (int64_t j0 = 0; j0 < p.keys; j0 += kKeyBlock) {
         const int64_t cols = std::min(kKeyBlock, p.keys - j0);
         if (call.tile_masked(b, h, i0, rows, j0, cols)) continue;
@@ -273,7 +233,7 @@ void forward_kernel(const Call<T>& call, at::Tensor& out, at::Tensor& lse) {
         for (int64_t r = 0; r < rows; ++r) {
           T* row = s.data() + r * kKeyBlock;
           call.mask(b, h, i0 + r, j0, cols, row);
-          const T shrink = softmax_update(row, cols, max[r], sum[r]);
+          const T shrink = softmax_update(row, cols, softmax[r]);
           // Dropout acts on the probabilities after their sum is taken: the softmax's
           // normaliser is that of the undropped row.
           if (drop.active) {
@@ -289,12 +249,9 @@ void forward_kernel(const Call<T>& call, at::Tensor& out, at::Tensor& lse) {
              call.head_rows(call.v, b, h, j0), call.v.stride(2), s.data(), kKeyBlock, T(1), acc, p.value_dim);
       }
       for (int64_t r = 0; r < rows; ++r) {
-        // A row whose every key is masked: output 0 and an infinite log-sum-exp, so that the
-        // backward's probabilities exp(score - lse) are 0 there too.
-        const T inverse = sum[r] > T(0) ? T(1) / sum[r] : T(0);
+        const T inverse = softmax[r].output_scale();
         for (int64_t e = 0; e < p.value_dim; ++e) acc[r * p.value_dim + e] *= inverse;
-        lse_data[bh * p.queries + i0 + r] =
-            sum[r] > T(0) ? max[r] + std::log(sum[r]) : std::numeric_limits<T>::infinity();
+        lse_data[bh * p.queries + i0 + r] = softmax[r].lse();
       }
     }
   });
@@ -316,9 +273,7 @@ void backward_kernel(const Call<T>& call, const at::Tensor& grad_out, const at::
   const Dropout& drop = p.dropout;
   const T keep_scale = static_cast<T>(drop.keep_scale);
   at::parallel_for(0, p.batch * p.heads, 1, [&](int64_t first, int64_t last) {
-    // With dropout, O = (P * Z) V for the kept-and-scaled mask Z: dV takes P * Z (in
-    // `dropped`), dP is Z * (dO V^T), and dS = P (dP - delta) with delta = rowsum(dO * O) as
-    // without dropout.
+    // With dropout, O = (P Z) V: dV takes P Z (in `dropped`).
     std::vector<T> s(kQueryBlock * kKeyBlock), dp(kQueryBlock * kKeyBlock), delta(kQueryBlock);
     std::vector<T> dropped(drop.active ? kQueryBlock * kKeyBlock : 0);
     for (int64_t bh = first; bh < last; ++bh) {
@@ -353,14 +308,16 @@ void backward_kernel(const Call<T>& call, const at::Tensor& grad_out, const at::
           // dP = dO_i V_j^T (column-major: dP^T = V dO^T).
           gemm(kTranspose, kNoTranspose, cols, rows, p.value_dim, T(1),
                call.head_rows(call.v, b, h, j0), call.v.stride(2), dout_i, p.value_dim, T(0), dp.data(), kKeyBlock);
-          // dS = P (dP - delta), in place of dP.
+          // dS in place of dP.
           for (int64_t r = 0; r < rows; ++r) {
             T* d = dp.data() + r * kKeyBlock;
             if (drop.active) {
-              dropout_row_apply(d, d, cols, dropout_row(drop.seed, q_row + r), j0, drop.threshold, keep_scale);
+              score_gradient_row(d, s.data() + r * kKeyBlock, cols, delta[r], dropout_row(drop.seed, q_row + r), j0,
+                                 drop.threshold, keep_scale);
+            } else {
+              score_gradient_row(d, s.data() + r * kKeyBlock, cols, delta[r]);
             }
-            score_gradient_row(d, s.data() + r * kKeyBlock, cols, delta[r]);
-            if (dmask) std::copy(d, d + cols, dmask + ((bh * p.queries + i0 + r) * p.keys + j0));
+            if (dmask) mask_gradient_row(dmask + ((bh * p.queries + i0 + r) * p.keys + j0), d, cols);
           }
           // dQ_i += scale dS K_j (column-major: dQ^T += K^T dS^T).
           gemm(kNoTranspose, kNoTranspose, p.head_dim, rows, cols, scale,
@@ -376,62 +333,29 @@ void backward_kernel(const Call<T>& call, const at::Tensor& grad_out, const at::
   });
 }
 
-std::tuple<at::Tensor, at::Tensor> attention_forward_cpu(const at::Tensor& q, const at::Tensor& k,
-                                                         const at::Tensor& v,
-                                                         const std::optional<at::Tensor>& attn_mask,
-                                                         const std::optional<at::Tensor>& key_padding_mask,
-                                                         bool is_causal, std::optional<double> scale,
-                                                         double dropout_p,
-                                                         const std::optional<at::Tensor>& dropout_seed) {
-  const Problem p = check_and_resolve("attention", q, k, v, attn_mask, key_padding_mask, is_causal, scale,
-                                      dropout_p, dropout_seed, kSupported);
-  if (reduced_precision(q)) {
-    auto [out, lse] = attention_forward_cpu(q.to(at::kFloat), k.to(at::kFloat), v.to(at::kFloat), as_float(attn_mask),
-                                            key_padding_mask, is_causal, scale, dropout_p, dropout_seed);
-    return {out.to(q.scalar_type()), lse};
-  }
-  at::Tensor out = at::empty({p.batch, p.heads, p.queries, p.value_dim}, q.options());
-  at::Tensor lse = at::empty({p.batch, p.heads, p.queries}, q.options());
+void forward_cpu(const Problem& p, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out,
+                 at::Tensor& lse) {
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "attention_forward_cpu", [&] {
     forward_kernel<scalar_t>(Call<scalar_t>(p, q, k, v), out, lse);
   });
-  return {out, lse};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, std::optional<at::Tensor>> attention_backward_cpu(
-    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-    const at::Tensor& out, const at::Tensor& lse, const std::optional<at::Tensor>& attn_mask,
-    const std::optional<at::Tensor>& key_padding_mask, bool is_causal, std::optional<double> scale,
-    double dropout_p, const std::optional<at::Tensor>& dropout_seed, bool mask_grad) {
-  const Problem p = check_and_resolve("attention_backward", q, k, v, attn_mask, key_padding_mask, is_causal, scale,
-                                      dropout_p, dropout_seed, kSupported);
-  check_backward_inputs(p, q, grad_out, out, lse, mask_grad);
-  if (reduced_precision(q)) {
-    const auto f = [](const at::Tensor& t) { return t.to(at::kFloat); };
-    auto [dq, dk, dv, dmask] =
-        attention_backward_cpu(f(grad_out), f(q), f(k), f(v), f(out), lse, as_float(attn_mask), key_padding_mask,
-                               is_causal, scale, dropout_p, dropout_seed, mask_grad);
-    const auto dtype = q.scalar_type();
-    if (dmask) dmask = dmask->to(dtype);
-    return {dq.to(dtype), dk.to(dtype), dv.to(dtype), dmask};
-  }
-  at::Tensor grad_q = at::zeros({p.batch, p.heads, p.queries, p.head_dim}, q.options());
-  at::Tensor grad_k = at::zeros({p.batch, p.heads, p.keys, p.head_dim}, q.options());
-  at::Tensor grad_v = at::zeros({p.batch, p.heads, p.keys, p.value_dim}, q.options());
-  at::Tensor grad_mask = mask_grad ? at::zeros({p.batch, p.heads, p.queries, p.keys}, q.options()) : at::Tensor();
-  const at::Tensor dout = grad_out.contiguous(), o = out.contiguous(), l = lse.contiguous();
+void backward_cpu(const Problem& p, const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
+                  const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse, at::Tensor& grad_q,
+                  at::Tensor& grad_k, at::Tensor& grad_v, at::Tensor& grad_mask) {
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "attention_backward_cpu", [&] {
-    backward_kernel<scalar_t>(Call<scalar_t>(p, q, k, v), dout, o, l, grad_q, grad_k, grad_v, grad_mask);
+    backward_kernel<scalar_t>(Call<scalar_t>(p, q, k, v), grad_out, out, lse, grad_q, grad_k, grad_v, grad_mask);
   });
-  std::optional<at::Tensor> mask_gradient;
-  if (mask_grad) mask_gradient = at::sum_to(grad_mask, attn_mask->sizes());
-  return {grad_q, grad_k, grad_v, mask_gradient};
 }
+
+// Sizes are bounded by memory alone on the CPU.
+void no_limits(const char*, const Problem&, bool) {}
+
+constexpr Backend kCpu{/*computes_reduced_in_float=*/true, no_limits, forward_cpu, backward_cpu};
 
 }  // namespace
 }  // namespace dll_ext::attention
 
 TORCH_LIBRARY_IMPL(dll_ext, CPU, m) {
-  m.impl("_attention_forward", &dll_ext::attention::attention_forward_cpu);
-  m.impl("attention_backward", &dll_ext::attention::attention_backward_cpu);
+  dll_ext::attention::register_kernels<dll_ext::attention::kCpu, dll_ext::NoGuard>(m);
 }

@@ -6,18 +6,14 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "common/dtypes.h"
 
 namespace dll_ext::conv_relu {
 namespace {
 
-void check_dtype_supported(const at::Tensor& input) {
-  const auto dtype = input.scalar_type();
-  const bool cpu_ok = dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16;
-  const bool cuda_ok = cpu_ok || dtype == at::kHalf;
-  TORCH_CHECK_TYPE(input.is_cuda() ? cuda_ok : cpu_ok, "conv2d_relu: input dtype ", dtype,
-                   " is not supported on ", input.device().type(), "; supported: float32, float64, bfloat16",
-                   input.is_cuda() ? ", float16" : " (float16 on CUDA only)");
-}
+constexpr DtypeTable kDtypes{{at::kFloat, at::kDouble, at::kBFloat16},
+                             {at::kFloat, at::kDouble, at::kBFloat16, at::kHalf}};
+const RegisterDtypes kRegistered({"conv2d_relu"}, kDtypes);
 
 void check_args(const at::Tensor& input, const at::Tensor& weight,
                 const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
@@ -30,7 +26,7 @@ void check_args(const at::Tensor& input, const at::Tensor& weight,
   TORCH_CHECK_VALUE(groups >= 1, "conv2d_relu: groups must be >= 1, but got ", groups);
   check_same_device(weight, input, "conv2d_relu: weight", "input");
   check_same_dtype(weight, input, "conv2d_relu: weight", "input");
-  check_dtype_supported(input);
+  check_dtype_supported("conv2d_relu", input, kDtypes);
 
   const int64_t batch = input.size(0), in_channels = input.size(1);
   const int64_t out_channels = weight.size(0);

@@ -5,9 +5,17 @@
 #include <string>
 
 #include "common/checks.h"
+#include "common/dtypes.h"
 #include "ops/lstm/lstm.h"
 
 namespace dll_ext::lstm {
+namespace {
+
+constexpr DtypeTable kDtypes{{at::kFloat, at::kDouble, at::kBFloat16},
+                             {at::kFloat, at::kDouble, at::kBFloat16, at::kHalf}};
+const RegisterDtypes kRegistered({"lstm_cell", "lstm_layer", "lstm_layer_packed"}, kDtypes);
+
+}  // namespace
 
 void check_shape(const char* op, const at::Tensor& t, at::IntArrayRef expected, const char* name,
                  const char* layout) {
@@ -43,11 +51,7 @@ void check_parameters(const char* op, const at::Tensor& input, const at::Tensor&
     check_shape(op, *b_ih, {4 * hidden}, "bias_ih", "(4 * hidden_size,)");
     check_shape(op, *b_hh, {4 * hidden}, "bias_hh", "(4 * hidden_size,)");
   }
-  const auto dtype = input.scalar_type();
-  const bool cpu_ok = dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16;
-  TORCH_CHECK_TYPE(input.is_cuda() ? cpu_ok || dtype == at::kHalf : cpu_ok, op, ": input dtype ", dtype,
-                   " is not supported on ", input.device().type(), "; supported: float32, float64, bfloat16",
-                   input.is_cuda() ? ", float16" : " (float16 on CUDA only)");
+  check_dtype_supported(op, input, kDtypes);
 }
 
 void check_state(const char* op, const at::Tensor& t, const at::Tensor& input, int64_t batch,

@@ -5,9 +5,7 @@
 // T is the accumulation type (float for half/bfloat16 storage).
 #pragma once
 
-#include <cmath>
 #include <cstdint>
-#include <type_traits>
 
 #include "common/fast_math.h"
 #include "common/host_device.h"
@@ -15,28 +13,8 @@
 namespace dll_ext::lstm {
 
 template <typename T>
-DLL_HOST_DEVICE T exp_(T x) {
-#if defined(__CUDA_ARCH__)
-  return exp(x);
-#else
-  if constexpr (std::is_same_v<T, float>) return exp_vectorisable(x);
-  return std::exp(x);
-#endif
-}
-
-template <typename T>
-DLL_HOST_DEVICE T tanh_(T x) {
-#if defined(__CUDA_ARCH__)
-  return tanh(x);
-#else
-  if constexpr (std::is_same_v<T, float>) return tanh_vectorisable(x);
-  return std::tanh(x);
-#endif
-}
-
-template <typename T>
 DLL_HOST_DEVICE T sigmoid(T x) {
-  return T(1) / (T(1) + exp_(-x));
+  return T(1) / (T(1) + fast_exp(-x));
 }
 
 // The activated gates and the new state of one unit; what the backward needs is the gates,
@@ -53,10 +31,10 @@ DLL_HOST_DEVICE CellState<T> cell_forward(T pre_i, T pre_f, T pre_g, T pre_o, T 
   CellState<T> s;
   s.i = sigmoid(pre_i);
   s.f = sigmoid(pre_f);
-  s.g = tanh_(pre_g);
+  s.g = fast_tanh(pre_g);
   s.o = sigmoid(pre_o);
   s.c = s.f * c_prev + s.i * s.g;
-  s.tanh_c = tanh_(s.c);
+  s.tanh_c = fast_tanh(s.c);
   s.h = s.o * s.tanh_c;
   return s;
 }
@@ -111,7 +89,7 @@ DLL_HOST_DEVICE void step_backward_unit(const scalar_t* grad_h, const scalar_t* 
   const CellGrads<acc_t> d = cell_backward(
       acc_t(grad_h[j]), acc_t(grad_c[j]), acc_t(gates[j]), acc_t(gates[hidden + j]),
       acc_t(gates[2 * hidden + j]), acc_t(gates[3 * hidden + j]), acc_t(c_prev[j]),
-      tanh_(acc_t(c[j])));
+      fast_tanh(acc_t(c[j])));
   grad_pre[j] = scalar_t(d.pre_i);
   grad_pre[hidden + j] = scalar_t(d.pre_f);
   grad_pre[2 * hidden + j] = scalar_t(d.pre_g);

@@ -2,7 +2,7 @@
 import torch
 
 from dll_ext._loader import build_config
-from dll_ext.ops import OPS
+from dll_ext.ops import OPS, supported_dtypes
 
 # CompositeExplicitAutograd: one kernel for every device, made of other ops (attention is
 # _attention_forward's output below autograd).
@@ -34,11 +34,16 @@ def info() -> dict:
         "cpu_threads": torch.get_num_threads(),
         "sanitized_build": config.SANITIZE,
         "ops": ops,
+        "dtypes": {op: {device: [str(t).removeprefix("torch.") for t in supported_dtypes(op, device)]
+                        for device in ("cpu", "cuda")} for op in OPS},
     }
 
 
 def format_info(data: dict) -> str:
-    lines = [f"{key:22} {value}" for key, value in data.items() if key != "ops"]
+    lines = [f"{key:22} {value}" for key, value in data.items() if key not in ("ops", "dtypes")]
     lines.append("ops:")
     lines += [f"  {op:22} {', '.join(keys)}" for op, keys in data["ops"].items()]
+    lines.append("dtypes:")
+    lines += [f"  {op:22} " + "; ".join(f"{device}: {', '.join(names)}" for device, names in devices.items())
+              for op, devices in data["dtypes"].items()]
     return "\n".join(lines)

@@ -35,9 +35,6 @@ requires_cuda = pytest.mark.skipif(not CUDA_AVAILABLE, reason=NO_CUDA_REASON)
 # Parametrise over this to run a test on every device; the CUDA entry skips without a GPU.
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, requires_cuda], id="cuda")]
 
-# Dtypes each backend's kernels take.
-CPU_DTYPES = [torch.float32, torch.float64, torch.bfloat16]
-CUDA_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 

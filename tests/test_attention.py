@@ -6,6 +6,7 @@ a float mask; fully masked rows; gradcheck; opcheck; torch.compile; TorchScript;
 property tests.
 """
 import math
+import re
 
 import pytest
 import torch
@@ -500,6 +501,22 @@ def test_property_matches_reference(p):
         assert max_err(a, e) <= 1e-9 * max(1.0, e.abs().max().item())
 
 
+
+def test_dropout_seed_on_another_device_is_refused():
+    # A seed on another device than the inputs must be refused before any kernel reads it (a
+    # CUDA seed with CPU inputs would send them to the CUDA kernel). The CPU kernel is called
+    # directly here, with a seed on the meta device standing in for the other device.
+    q, k, v = [t.detach().float() for t in qkv(1, 1, 3, 4, 2, 2)]
+    cpu_kernel = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
+    for op in (torch.ops.dll_ext._attention_forward.default,):
+        with pytest.raises(RuntimeError, match=r"dropout_seed must be on the CPU or on query's device \(cpu\), "
+                                               r"but it is on meta"):
+            op.redispatch(cpu_kernel, q, k, v, None, None, False, None, 0.0, SEED.to("meta"))
+    out, lse = torch.ops.dll_ext._attention_forward(q, k, v, None, None, False, None, 0.0, None)
+    with pytest.raises(RuntimeError, match=r"dropout_seed must be on the CPU"):
+        torch.ops.dll_ext.attention_backward.default.redispatch(
+            cpu_kernel, out, q, k, v, out, lse, None, None, False, None, 0.5, SEED.to("meta"), False)
+
 # ========================================================================================
 # CUDA (skipped without a GPU)
 # ========================================================================================
@@ -598,3 +615,65 @@ def test_cuda_opcheck_compile_and_bad_inputs():
         attention(q.double(), k.double(), v.double())
     with pytest.raises(ARG_ERRORS, match=r"key is on cpu but query is on cuda"):
         attention(q, k.cpu(), v)
+
+
+@pytest.mark.cuda
+@requires_cuda
+def test_cuda_seed_with_cpu_inputs_is_refused():
+    q, k, v = [t.detach().float() for t in qkv(1, 1, 3, 4, 2, 2)]
+    with pytest.raises(RuntimeError, match=r"dropout_seed must be on the CPU or on query's device"):
+        torch.ops.dll_ext.attention(q, k, v, None, None, False, None, 0.1, SEED.cuda())
+
+
+@pytest.mark.cuda
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_cuda_backward_is_deterministic(dtype):
+    # Every gradient element has one writer and every sum a fixed order: two runs agree to
+    # the bit, also for the float mask's gradient summed over broadcast dimensions.
+    B, H, L, S, E = 2, 3, 150, 130, 64
+    q, k, v = to_cuda(*qkv(B, H, L, S, E, E, dtype=dtype))
+    mask = torch.randn(1, H, L, S, device="cuda", dtype=dtype, requires_grad=True)
+    padding = torch.rand(B, S, device="cuda") > 0.8
+    padding[:, 0] = False
+    grad = torch.randn(B, H, L, E, device="cuda", dtype=dtype)
+
+    def grads():
+        out = torch.ops.dll_ext.attention(q, k, v, mask, padding, True, None, 0.1, SEED)
+        return torch.autograd.grad(out, [q, k, v, mask], grad)
+
+    first = grads()
+    torch.use_deterministic_algorithms(True)
+    try:
+        for _ in range(3):
+            for a, b in zip(grads(), first):
+                assert torch.equal(a, b)
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+@pytest.mark.cuda
+@requires_cuda
+def test_cuda_length_limits_are_stated():
+    rows = 65535 * 16
+    q = torch.randn(1, 1, rows + 1, 8, device="cuda")
+    k = torch.randn(1, 1, 4, 8, device="cuda")
+    with pytest.raises(ValueError, match=rf"L must be at most {rows} on CUDA, but got {rows + 1}"):
+        attention(q, k, k)
+    torch.ops.dll_ext._attention_forward(q[:, :, :rows], k, k, None, None, False, None, 0.0, None)
+
+
+@pytest.mark.cuda
+@requires_cuda
+def test_cuda_shared_memory_limit_is_checked_not_raised_by_cuda():
+    # Head dim 256 needs more shared memory in the backward than some GPUs allow: either it
+    # runs, or it is refused naming the head dims and the limit, never a raw CUDA error.
+    q, k, v = to_cuda(*qkv(1, 1, 20, 40, 256, 256, dtype=torch.float32))
+    try:
+        out = attention(q, k, v)
+        out.sum().backward()
+    except ValueError as err:
+        assert re.search(r"head dims E = 256, Ev = 256 need \d+ KiB of shared memory per block, but this GPU "
+                         r"allows \d+ KiB", str(err)), str(err)
+    else:
+        assert torch.isfinite(q.grad).all()

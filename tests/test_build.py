@@ -69,3 +69,43 @@ def test_info_command():
     data = json.loads(result.stdout)
     assert data["torch_running"] == torch.__version__
     assert "conv2d_relu" in data["ops"]
+
+
+def _call(op, dtype):
+    """One small call of public op `op` in `dtype` on the CPU."""
+    if op == "conv2d_relu":
+        return torch.ops.dll_ext.conv2d_relu(torch.ones(1, 2, 4, 4, dtype=dtype), torch.ones(3, 2, 3, 3, dtype=dtype),
+                                             None, [1, 1], [0, 0], [1, 1], 1)
+    if op == "attention":
+        q = torch.ones(1, 1, 3, 4, dtype=dtype)
+        return torch.ops.dll_ext.attention(q, q, q)
+    x, h, w_ih, w_hh = (torch.ones(*s, dtype=dtype) for s in ((2, 3), (2, 4), (16, 3), (16, 4)))
+    if op == "lstm_cell":
+        return torch.ops.dll_ext.lstm_cell(x, h, h, w_ih, w_hh, None, None)
+    if op == "lstm_layer":
+        return torch.ops.dll_ext.lstm_layer(x[None], h, h, w_ih, w_hh, None, None)
+    return torch.ops.dll_ext.lstm_layer_packed(x, torch.tensor([2]), h, h, w_ih, w_hh, None, None)
+
+
+@pytest.mark.parametrize("op", list(dll_ext.ops.OPS))
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64], ids=str)
+def test_dtype_table_is_what_the_cpu_kernels_take(op, dtype):
+    # The table dll-ext info and the tests read is the one the argument checks enforce.
+    table = dll_ext.ops.supported_dtypes(op, "cpu")
+    if dtype in table:
+        assert _call(op, dtype)[0].dtype == dtype
+        return
+    names = ", ".join(str(t).removeprefix("torch.") for t in table)
+    with pytest.raises(TypeError, match=rf"is not supported on cpu; supported: {names} \("):
+        _call(op, dtype)
+
+
+def test_info_lists_each_ops_dtypes_per_device():
+    data = dll_ext.info()
+    for op in dll_ext.ops.OPS:
+        for device in ("cpu", "cuda"):
+            assert data["dtypes"][op][device] == [str(t).removeprefix("torch.")
+                                                  for t in dll_ext.ops.supported_dtypes(op, device)]
+    assert "float16" in data["dtypes"]["conv2d_relu"]["cuda"]
+    with pytest.raises(ValueError, match="unknown op 'nope'"):
+        dll_ext.ops.supported_dtypes("nope", "cpu")

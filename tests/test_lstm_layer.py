@@ -20,7 +20,7 @@ import dll_ext
 import dll_ext.functional
 import dll_ext.nn
 
-from conftest import grads_of, lstm_tensors, max_err, requires_cuda
+from conftest import DEVICES, grads_of, lstm_tensors, max_err, requires_cuda
 
 ARG_ERRORS = (RuntimeError, ValueError, TypeError)
 
@@ -642,6 +642,26 @@ def test_backward_op_checks_saved_shapes():
     with pytest.raises(ARG_ERRORS, match=r"grad_hy.*dtype Double"):
         backward(None, h.double(), None, x, None, None, h0, c0, w_ih, w_hh, out, gates, cells, True, False)
 
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("lengths", [None, [5, 2, 4]], ids=["full", "lengths"])
+def test_backward_op_reads_noncontiguous_workspace(device, lengths):
+    # The workspace a caller hands back may have any strides: the same values in a transposed
+    # layout give the same gradients.
+    case = [t.detach() for t in make_layer_case(5, 3, 2, 4, True, torch.float64, device)]
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh = case
+    lens = None if lengths is None else torch.tensor(lengths)
+    out, h, c, gates, cells = torch.ops.dll_ext._lstm_layer_forward(x, lens, None, h0, c0, w_ih, w_hh, b_ih, b_hh,
+                                                                    False)
+    grad = torch.randn_like(out)
+    backward = torch.ops.dll_ext.lstm_layer_backward
+    want = backward(grad, None, None, x, lens, None, h0, c0, w_ih, w_hh, out, gates, cells, True, False)
+    strided = [t.t().contiguous().t() for t in (gates, cells)]
+    assert not strided[0].is_contiguous() and not strided[1].is_contiguous()
+    got = backward(grad, None, None, x, lens, None, h0, c0, w_ih, w_hh, out, *strided, True, False)
+    for a, e in zip(got, want):
+        assert (a is None and e is None) or torch.equal(a, e)
 
 # ========================================================================================
 # 9. Property tests: random lengths

@@ -4,6 +4,8 @@ Importing this registers, for every op, the shape-and-layout function that torch
 torch.export and opcheck run on fake tensors. C++ (csrc/library.cpp) names this module, so
 torch imports it by itself when an op is met without it.
 """
+import torch
+
 from dll_ext.ops import attention, conv_relu, lstm
 
 # Each public op of torch.ops.dll_ext, with its internal ops (forward with saved state, backward).
@@ -15,4 +17,12 @@ OPS = {
     "attention": ["_attention_forward", "attention_backward"],
 }
 
-__all__ = ["OPS", "attention", "conv_relu", "lstm"]
+
+
+def supported_dtypes(op: str, device: str) -> tuple:
+    """The dtypes the kernels of public op `op` take on `device` ('cpu' or 'cuda'), from the
+    op's table in C++ (the one its argument checks read)."""
+    return tuple(getattr(torch, name) for name in torch.ops.dll_ext._supported_dtypes(op, device))
+
+
+__all__ = ["OPS", "attention", "conv_relu", "lstm", "supported_dtypes"]

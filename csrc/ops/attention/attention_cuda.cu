@@ -1,24 +1,31 @@
 // CUDA kernels of the attention ops (float32, float16, bfloat16; head dims up to 256), flash
 // style with float accumulation. Tiles are 32 keys wide, one key per lane, staged in shared
-// memory as float.
+// memory as float. All element math is attention_math.h's.
 //
 // Forward: a block of kWarps warps owns kRowsPerWarp query rows per warp and walks the key
 // tiles with an online softmax; a tile whose every score is masked for the block's rows is
 // skipped (one vote of the block), before its loads.
 //
-// Backward: a block owns one key tile of one (batch, head) and walks the query rows, a warp
-// per row; its key and value gradients accumulate in shared memory (warps add with shared
-// atomics), the query gradient in a float32 buffer with global atomics, since every key block
-// adds to every query row.
-#include <ATen/OpMathType.h>
+// Backward, deterministic (no atomics: every gradient element has one writer and every sum
+// a fixed order), in two passes that each recompute the probabilities:
+// - key_gradients_kernel: a block owns one key tile of one (batch, head) and walks the query
+//   rows one at a time; its warps split the features, so each key- and value-gradient element
+//   of the tile is accumulated by one thread. It also writes the float mask's gradient.
+// - query_gradients_kernel: a block owns kRowsPerBlock query rows, as the forward does, and
+//   walks the key tiles, accumulating the query gradient in registers.
+// The second pass costs about one more forward of the scores and dP (the price of
+// reproducible gradients; FlashAttention's backward uses atomics for dQ instead).
+#include <ATen/Dispatch_v2.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <torch/library.h>
 
 #include <cmath>
 #include <limits>
+#include <string>
 
 #include "common/cuda_launch.cuh"
 #include "ops/attention/attention.h"
+#include "ops/attention/attention_math.h"
 
 namespace dll_ext::attention {
 namespace {
@@ -30,8 +37,13 @@ constexpr int kThreadsPerBlock = kWarps * kWarp;
 constexpr int kRowsPerWarp = 4;
 constexpr int kRowsPerBlock = kWarps * kRowsPerWarp;
 constexpr int kMaxHeadDim = 256;
+constexpr int64_t kMaxGridY = 65535;
 constexpr unsigned kFullMask = 0xffffffffu;
-constexpr std::initializer_list<at::ScalarType> kSupported{at::kFloat, at::kHalf, at::kBFloat16};
+
+// The dtypes of attention.cpp's CUDA table: float64 is refused before any kernel runs, so
+// none is instantiated for it.
+#define DISPATCH_ATTENTION_CUDA_TYPES(TYPE, NAME, ...) \
+  AT_DISPATCH_V2(TYPE, NAME, AT_WRAP(__VA_ARGS__), at::kFloat, at::kHalf, at::kBFloat16)
 
 __device__ __forceinline__ float warp_max(float x) {
   for (int offset = kWarp / 2; offset > 0; offset /= 2) x = fmaxf(x, __shfl_xor_sync(kFullMask, x, offset));
@@ -76,28 +88,28 @@ struct Args {
   const bool* padded;  // (B, S), True = padded, or null
   Dropout dropout;
 
-  // The score of (b, h, i, j) with the masks applied (-inf where masked), from scale * q.k.
-  __device__ float masked(float score, int64_t b, int64_t h, int64_t i, int64_t j) const {
-    if (i >= queries || j >= keys || (causal && j > i)) return -INFINITY;
-    if (padded && padded[b * keys + j]) return -INFINITY;
-    const int64_t at = b * mask_strides[0] + h * mask_strides[1] + i * mask_strides[2] + j * mask_strides[3];
-    if (allowed && !allowed[at]) return -INFINITY;
-    if (added) score += static_cast<float>(added[at]);
-    return score;
+  __device__ int64_t mask_offset(int64_t b, int64_t h, int64_t i, int64_t j) const {
+    return b * mask_strides[0] + h * mask_strides[1] + i * mask_strides[2] + j * mask_strides[3];
   }
 
-  // Whether (b, h, i, j) may be attended at all, as far as the masks that skip tiles tell.
-  __device__ bool live(int64_t b, int64_t h, int64_t i, int64_t j) const {
-    if (i >= queries || j >= keys || (causal && j > i)) return false;
+  // Whether query i may see key j at all: in range and hidden by no boolean mask.
+  __device__ bool visible(int64_t b, int64_t h, int64_t i, int64_t j) const {
+    if (i >= queries || j >= keys) return false;
+    if (causal && j >= causal_key_limit(i)) return false;
     if (padded && padded[b * keys + j]) return false;
-    return !allowed ||
-           allowed[b * mask_strides[0] + h * mask_strides[1] + i * mask_strides[2] + j * mask_strides[3]];
+    return !allowed || allowed[mask_offset(b, h, i, j)];
   }
 
-  // The dropout factor of (row, key): 0 if dropped, 1 / (1 - p) if kept, 1 without dropout.
-  __device__ float dropout_factor(DropoutRow row, int64_t j) const {
-    if (!dropout.active) return 1.0f;
-    return dropout_keeps(row, j, dropout.threshold) ? static_cast<float>(dropout.keep_scale) : 0.0f;
+  // The score of (b, h, i, j) from scale * q.k, with the masks applied (-inf where masked).
+  __device__ float masked(float score, int64_t b, int64_t h, int64_t i, int64_t j) const {
+    const bool seen = visible(b, h, i, j);
+    const float add = added && seen ? static_cast<float>(added[mask_offset(b, h, i, j)]) : 0.0f;
+    return masked_score(score, add, seen);
+  }
+
+  // Z of (row, key): 1 without dropout.
+  __device__ float dropout_z(DropoutRow row, int64_t j) const {
+    return dropout.active ? dropout_factor(row, j, dropout.threshold, static_cast<float>(dropout.keep_scale)) : 1.0f;
   }
 };
 
@@ -129,6 +141,30 @@ __device__ void stage_rows(float* dst, int64_t pitch, const HeadRows<T>& src, in
   }
 }
 
+// Whether any (row, key) of rows [i0, i0 + kRowsPerBlock) and the key tile at j0 is visible;
+// each thread checks a share, the block votes.
+template <typename T>
+__device__ bool tile_live(const Args<T>& a, int64_t b, int64_t h, int64_t i0, int64_t j0) {
+  bool any = false;
+  for (int idx = threadIdx.x; idx < kRowsPerBlock * kTileKeys && !any; idx += blockDim.x) {
+    any = a.visible(b, h, i0 + idx / kTileKeys, j0 + idx % kTileKeys);
+  }
+  return __syncthreads_or(any);
+}
+
+// Shared memory of each kernel, in floats; the launchers and check_limits use the same sums.
+int64_t forward_shared_floats(int64_t D, int64_t Dv) {
+  return kRowsPerBlock * D + kTileKeys * odd_pitch(D) + kTileKeys * Dv;
+}
+
+int64_t key_gradients_shared_floats(int64_t D, int64_t Dv) {
+  return 2 * kTileKeys * (odd_pitch(D) + odd_pitch(Dv)) + D + Dv + 2 * kWarps * kWarp;
+}
+
+int64_t query_gradients_shared_floats(int64_t D, int64_t Dv) {
+  return kRowsPerBlock * (D + Dv) + kTileKeys * (odd_pitch(D) + odd_pitch(Dv));
+}
+
 // grid (B*H, query blocks); kValuesPerLane * 32 >= value_dim. Shared memory: the block's
 // queries (kRowsPerBlock x head_dim), a key tile (32 x odd pitch) and a value tile (32 x value_dim).
 template <typename T, int kValuesPerLane>
@@ -147,22 +183,16 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
 
   stage_rows(q_tile, D, a.q, b, h, i0, kRowsPerBlock, a.queries, D);
 
-  float row_max[kRowsPerWarp], row_sum[kRowsPerWarp], acc[kRowsPerWarp][kValuesPerLane];
+  RowSoftmax<float> softmax[kRowsPerWarp];
+  float acc[kRowsPerWarp][kValuesPerLane];
   DropoutRow drop_rows[kRowsPerWarp];
   for (int r = 0; r < kRowsPerWarp; ++r) {
-    row_max[r] = -INFINITY;
-    row_sum[r] = 0.0f;
     for (int m = 0; m < kValuesPerLane; ++m) acc[r][m] = 0.0f;
     drop_rows[r] = dropout_row(a.dropout.seed, bh * a.queries + first_row + r);
   }
 
   for (int64_t j0 = 0; j0 < a.keys; j0 += kTileKeys) {
-    // Skip the tile when no (row, key) of it may be attended; each thread checks a share.
-    bool any_live = false;
-    for (int idx = threadIdx.x; idx < kRowsPerBlock * kTileKeys && !any_live; idx += blockDim.x) {
-      any_live = a.live(b, h, i0 + idx / kTileKeys, j0 + idx % kTileKeys);
-    }
-    if (!__syncthreads_or(any_live)) continue;
+    if (!tile_live(a, b, h, i0, j0)) continue;
     stage_rows(k_tile, key_pitch, a.k, b, h, j0, kTileKeys, a.keys, D);
     stage_rows(v_tile, Dv, a.v, b, h, j0, kTileKeys, a.keys, Dv);
     __syncthreads();
@@ -177,18 +207,12 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
       float p[kRowsPerWarp];
       for (int r = 0; r < kRowsPerWarp; ++r) {
         const float s = a.masked(a.scale * score[r], b, h, first_row + r, j);
-        const float new_max = fmaxf(row_max[r], warp_max(s));
-        if (new_max == -INFINITY) {  // nothing unmasked in this row yet
-          p[r] = 0.0f;
-          continue;
-        }
-        const float shrink = row_max[r] == -INFINITY ? 0.0f : expf(row_max[r] - new_max);
-        const float e = s == -INFINITY ? 0.0f : expf(s - new_max);
-        row_sum[r] = row_sum[r] * shrink + warp_sum(e);
-        row_max[r] = new_max;
+        const float shrink = softmax[r].rescale(warp_max(s));
+        const float e = softmax[r].unnormalised(s);
+        softmax[r].add(warp_sum(e));
         for (int m = 0; m < kValuesPerLane; ++m) acc[r][m] *= shrink;
         // Dropout after the sum: the normaliser is that of the undropped row.
-        p[r] = e * a.dropout_factor(drop_rows[r], j);
+        p[r] = e * a.dropout_z(drop_rows[r], j);
       }
       for (int jj = 0; jj < kTileKeys; ++jj) {
         float pj[kRowsPerWarp];
@@ -208,15 +232,13 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
   for (int r = 0; r < kRowsPerWarp; ++r) {
     const int64_t i = first_row + r;
     if (i >= a.queries) break;
-    // A row whose every key is masked: output 0 and an infinite log-sum-exp, so that the
-    // backward's probabilities exp(score - lse) are 0 there too.
-    const float inverse = row_sum[r] > 0.0f ? 1.0f / row_sum[r] : 0.0f;
+    const float inverse = softmax[r].output_scale();
     T* out_row = out + (bh * a.queries + i) * Dv;
     for (int m = 0; m < kValuesPerLane; ++m) {
       const int64_t e = lane + m * kWarp;
       if (e < Dv) out_row[e] = static_cast<T>(acc[r][m] * inverse);
     }
-    if (lane == 0) lse[bh * a.queries + i] = row_sum[r] > 0.0f ? row_max[r] + logf(row_sum[r]) : INFINITY;
+    if (lane == 0) lse[bh * a.queries + i] = softmax[r].lse();
   }
 }
 
@@ -237,21 +259,24 @@ __global__ void delta_kernel(const T* __restrict__ grad_out, const T* __restrict
 }
 
 // grid (B*H, key tiles). Shared memory: the key, value, key-gradient and value-gradient
-// tiles (32 rows each, odd pitches), then each warp's query row and output-gradient row.
+// tiles (32 rows each, odd pitches), the current query row and output-gradient row, and the
+// warps' partial dot products. Warp w handles the features e = w (mod kWarps).
 template <typename T>
 __global__ void __launch_bounds__(kThreadsPerBlock)
-    backward_kernel(const Args<T> a, const T* __restrict__ grad_out, const float* __restrict__ lse,
-                    const float* __restrict__ delta, float* __restrict__ grad_q, T* __restrict__ grad_k,
-                    T* __restrict__ grad_v, float* __restrict__ grad_mask) {
+    key_gradients_kernel(const Args<T> a, const T* __restrict__ grad_out, const float* __restrict__ lse,
+                         const float* __restrict__ delta, T* __restrict__ grad_k, T* __restrict__ grad_v,
+                         float* __restrict__ grad_mask) {
   extern __shared__ float shared[];
   const int64_t D = a.head_dim, Dv = a.value_dim, kp = odd_pitch(D), vp = odd_pitch(Dv);
   float* k_tile = shared;
   float* v_tile = k_tile + kTileKeys * kp;
   float* dk_tile = v_tile + kTileKeys * vp;
   float* dv_tile = dk_tile + kTileKeys * kp;
-  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
-  float* q_row = dv_tile + kTileKeys * vp + warp * (D + Dv);
+  float* q_row = dv_tile + kTileKeys * vp;
   float* dout_row = q_row + D;
+  float* partial_score = dout_row + Dv;            // [kWarps][32]
+  float* partial_dp = partial_score + kWarps * kWarp;  // [kWarps][32]
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
 
   const int64_t bh = blockIdx.x, b = bh / a.heads, h = bh % a.heads;
   const int64_t j0 = int64_t(blockIdx.y) * kTileKeys, j = j0 + lane;
@@ -259,49 +284,37 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
   stage_rows(v_tile, vp, a.v, b, h, j0, kTileKeys, a.keys, Dv);
   for (int64_t idx = threadIdx.x; idx < kTileKeys * kp; idx += blockDim.x) dk_tile[idx] = 0.0f;
   for (int64_t idx = threadIdx.x; idx < kTileKeys * vp; idx += blockDim.x) dv_tile[idx] = 0.0f;
-  __syncthreads();
 
   // Under is_causal, rows before the tile's first key see none of it.
   const int64_t first_row = a.causal ? j0 : 0;
-  for (int64_t i = first_row + warp; i < a.queries; i += kWarps) {
-    const float row_lse = lse[bh * a.queries + i];
-    if (row_lse == INFINITY) continue;  // every key masked: no gradient
-    for (int64_t e = lane; e < D; e += kWarp) q_row[e] = static_cast<float>(a.q.row(b, h, i)[e]);
-    const T* dout_i = grad_out + (bh * a.queries + i) * Dv;
-    for (int64_t e = lane; e < Dv; e += kWarp) dout_row[e] = static_cast<float>(dout_i[e]);
-    __syncwarp();
+  for (int64_t i = first_row; i < a.queries; ++i) {
+    const int64_t row = bh * a.queries + i;
+    const float row_lse = lse[row];
+    if (row_lse == kInf<float>) continue;  // every key masked: no gradient (the same for the whole block)
+    __syncthreads();  // the previous row's buffers are read to the end; also orders the staging above
+    for (int64_t e = threadIdx.x; e < D; e += blockDim.x) q_row[e] = static_cast<float>(a.q.row(b, h, i)[e]);
+    for (int64_t e = threadIdx.x; e < Dv; e += blockDim.x) dout_row[e] = static_cast<float>(grad_out[row * Dv + e]);
+    __syncthreads();
 
     float score = 0.0f, dp = 0.0f;
-    for (int64_t e = 0; e < D; ++e) score += q_row[e] * k_tile[lane * kp + e];
-    for (int64_t e = 0; e < Dv; ++e) dp += dout_row[e] * v_tile[lane * vp + e];
-    const float s = a.masked(a.scale * score, b, h, i, j);
-    const float prob = s == -INFINITY ? 0.0f : expf(s - row_lse);
-    // With dropout, O = (P * Z) V: dV takes P * Z, dP is Z * (dO V^T), and
-    // dS = P (dP - delta) with delta = rowsum(dO * O) as without dropout.
-    const float z = a.dropout_factor(dropout_row(a.dropout.seed, bh * a.queries + i), j);
+    for (int64_t e = warp; e < D; e += kWarps) score += q_row[e] * k_tile[lane * kp + e];
+    for (int64_t e = warp; e < Dv; e += kWarps) dp += dout_row[e] * v_tile[lane * vp + e];
+    partial_score[warp * kWarp + lane] = score;
+    partial_dp[warp * kWarp + lane] = dp;
+    __syncthreads();
+    score = dp = 0.0f;
+    for (int w = 0; w < kWarps; ++w) {  // the same order in every warp: the same values
+      score += partial_score[w * kWarp + lane];
+      dp += partial_dp[w * kWarp + lane];
+    }
+
+    const float prob = probability(a.masked(a.scale * score, b, h, i, j), row_lse);
+    const float z = a.dropout_z(dropout_row(a.dropout.seed, row), j);
+    const float ds = score_gradient(prob, dp, z, delta[row]);
+    if (grad_mask && warp == 0 && j < a.keys) grad_mask[row * a.keys + j] = mask_gradient(ds);
     const float kept = prob * z;
-    const float ds = prob * (dp * z - delta[bh * a.queries + i]);
-    if (grad_mask && j < a.keys) grad_mask[(bh * a.queries + i) * a.keys + j] = ds;
-    if (kept != 0.0f) {
-      for (int64_t e = 0; e < Dv; ++e) atomicAdd(&dv_tile[lane * vp + e], kept * dout_row[e]);
-    }
-    if (ds != 0.0f) {
-      for (int64_t e = 0; e < D; ++e) atomicAdd(&dk_tile[lane * kp + e], ds * q_row[e]);
-    }
-    if (__any_sync(kFullMask, ds != 0.0f)) {
-      // dQ_i += scale * sum_j dS_ij K_j, a lane per feature. Every lane runs every round (the
-      // shuffles need the whole warp), also past the last feature.
-      for (int64_t e0 = 0; e0 < D; e0 += kWarp) {
-        const int64_t e = e0 + lane;
-        float acc = 0.0f;
-        for (int jj = 0; jj < kTileKeys; ++jj) {
-          const float ds_j = __shfl_sync(kFullMask, ds, jj);
-          if (e < D) acc += ds_j * k_tile[jj * kp + e];
-        }
-        if (e < D) atomicAdd(&grad_q[(bh * a.queries + i) * D + e], a.scale * acc);
-      }
-    }
-    __syncwarp();  // the row buffers are overwritten next
+    for (int64_t e = warp; e < Dv; e += kWarps) dv_tile[lane * vp + e] += kept * dout_row[e];
+    for (int64_t e = warp; e < D; e += kWarps) dk_tile[lane * kp + e] += ds * q_row[e];
   }
   __syncthreads();
 
@@ -315,118 +328,195 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
   }
 }
 
-// Kernels use more than the default 48 KiB of shared memory for large head dims.
-template <typename Kernel>
-void allow_shared_memory(Kernel kernel, size_t bytes) {
-  if (bytes > 48 * 1024) {
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+// grid (B*H, query blocks); kValuesPerLane * 32 >= head_dim. Shared memory: the block's
+// query rows and output-gradient rows, a key tile and a value tile (odd pitches).
+template <typename T, int kValuesPerLane>
+__global__ void __launch_bounds__(kThreadsPerBlock)
+    query_gradients_kernel(const Args<T> a, const T* __restrict__ grad_out, const float* __restrict__ lse,
+                           const float* __restrict__ delta, T* __restrict__ grad_q) {
+  extern __shared__ float shared[];
+  const int64_t D = a.head_dim, Dv = a.value_dim, kp = odd_pitch(D), vp = odd_pitch(Dv);
+  float* q_tile = shared;
+  float* dout_tile = q_tile + kRowsPerBlock * D;
+  float* k_tile = dout_tile + kRowsPerBlock * Dv;
+  float* v_tile = k_tile + kTileKeys * kp;
+
+  const int64_t bh = blockIdx.x, b = bh / a.heads, h = bh % a.heads;
+  const int64_t i0 = int64_t(blockIdx.y) * kRowsPerBlock;
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int64_t first_row = i0 + warp * kRowsPerWarp;
+
+  stage_rows(q_tile, D, a.q, b, h, i0, kRowsPerBlock, a.queries, D);
+  const HeadRows<T> dout{grad_out, a.heads * a.queries * Dv, a.queries * Dv, Dv};
+  stage_rows(dout_tile, Dv, dout, b, h, i0, kRowsPerBlock, a.queries, Dv);
+
+  float row_lse[kRowsPerWarp], row_delta[kRowsPerWarp], acc[kRowsPerWarp][kValuesPerLane];
+  DropoutRow drop_rows[kRowsPerWarp];
+  for (int r = 0; r < kRowsPerWarp; ++r) {
+    const int64_t i = first_row + r;
+    row_lse[r] = i < a.queries ? lse[bh * a.queries + i] : kInf<float>;
+    row_delta[r] = i < a.queries ? delta[bh * a.queries + i] : 0.0f;
+    drop_rows[r] = dropout_row(a.dropout.seed, bh * a.queries + i);
+    for (int m = 0; m < kValuesPerLane; ++m) acc[r][m] = 0.0f;
+  }
+
+  for (int64_t j0 = 0; j0 < a.keys; j0 += kTileKeys) {
+    if (!tile_live(a, b, h, i0, j0)) continue;
+    stage_rows(k_tile, kp, a.k, b, h, j0, kTileKeys, a.keys, D);
+    stage_rows(v_tile, vp, a.v, b, h, j0, kTileKeys, a.keys, Dv);
+    __syncthreads();
+
+    if (first_row < a.queries) {
+      const int64_t j = j0 + lane;
+      float score[kRowsPerWarp] = {}, dp[kRowsPerWarp] = {};
+      for (int64_t e = 0; e < D; ++e) {
+        const float key = k_tile[lane * kp + e];
+        for (int r = 0; r < kRowsPerWarp; ++r) score[r] += q_tile[(warp * kRowsPerWarp + r) * D + e] * key;
+      }
+      for (int64_t e = 0; e < Dv; ++e) {
+        const float value = v_tile[lane * vp + e];
+        for (int r = 0; r < kRowsPerWarp; ++r) dp[r] += dout_tile[(warp * kRowsPerWarp + r) * Dv + e] * value;
+      }
+      float ds[kRowsPerWarp];
+      for (int r = 0; r < kRowsPerWarp; ++r) {
+        const float prob = probability(a.masked(a.scale * score[r], b, h, first_row + r, j), row_lse[r]);
+        ds[r] = score_gradient(prob, dp[r], a.dropout_z(drop_rows[r], j), row_delta[r]);
+      }
+      // dQ_i += sum_j dS_ij K_j, a lane per feature, keys in a fixed order.
+      for (int jj = 0; jj < kTileKeys; ++jj) {
+        float ds_j[kRowsPerWarp];
+        for (int r = 0; r < kRowsPerWarp; ++r) ds_j[r] = __shfl_sync(kFullMask, ds[r], jj);
+        for (int m = 0; m < kValuesPerLane; ++m) {
+          const int64_t e = lane + m * kWarp;
+          if (e < D) {
+            const float key = k_tile[jj * kp + e];
+            for (int r = 0; r < kRowsPerWarp; ++r) acc[r][m] += ds_j[r] * key;
+          }
+        }
+      }
+    }
+    __syncthreads();  // the tiles are overwritten next
+  }
+
+  for (int r = 0; r < kRowsPerWarp; ++r) {
+    const int64_t i = first_row + r;
+    if (i >= a.queries) break;
+    T* dq_row = grad_q + (bh * a.queries + i) * D;
+    for (int m = 0; m < kValuesPerLane; ++m) {
+      const int64_t e = lane + m * kWarp;
+      if (e < D) dq_row[e] = static_cast<T>(a.scale * acc[r][m]);
+    }
   }
 }
 
-void check_cuda_problem(const char* op, const Problem& p) {
+int64_t blocks_of(int64_t n, int64_t per_block) { return (n + per_block - 1) / per_block; }
+
+void check_limits_cuda(const char* op, const Problem& p, bool backward) {
   TORCH_CHECK_VALUE(p.head_dim <= kMaxHeadDim && p.value_dim <= kMaxHeadDim, op,
                     ": head dims up to ", kMaxHeadDim, " are supported on CUDA, but got E = ", p.head_dim,
                     ", Ev = ", p.value_dim);
   TORCH_CHECK_VALUE(p.batch * p.heads <= std::numeric_limits<int32_t>::max(), op,
                     ": batch * heads must be below 2^31 on CUDA");
-  TORCH_CHECK_VALUE((p.queries + kRowsPerBlock - 1) / kRowsPerBlock <= 65535 &&
-                        (p.keys + kTileKeys - 1) / kTileKeys <= 65535,
-                    op, ": L and S must be below ", 65535 * kTileKeys, " on CUDA");
+  TORCH_CHECK_VALUE(blocks_of(p.queries, kRowsPerBlock) <= kMaxGridY, op, ": L must be at most ",
+                    kMaxGridY * kRowsPerBlock, " on CUDA, but got ", p.queries);
+  TORCH_CHECK_VALUE(!backward || blocks_of(p.keys, kTileKeys) <= kMaxGridY, op, ": S must be at most ",
+                    kMaxGridY * kTileKeys, " on CUDA, but got ", p.keys);
+  int64_t floats = forward_shared_floats(p.head_dim, p.value_dim);
+  if (backward) {
+    floats = std::max(key_gradients_shared_floats(p.head_dim, p.value_dim),
+                      query_gradients_shared_floats(p.head_dim, p.value_dim));
+  }
+  const int64_t bytes = floats * int64_t(sizeof(float));
+  const size_t limit = dll_ext::cuda::shared_memory_limit();
+  TORCH_CHECK_VALUE(bytes <= int64_t(limit), op, ": head dims E = ", p.head_dim, ", Ev = ", p.value_dim, " need ",
+                    bytes / 1024, " KiB of shared memory per block, but this GPU allows ", limit / 1024,
+                    " KiB; use smaller head dims on this GPU");
 }
 
 template <typename T, int kValuesPerLane>
 void launch_forward(const Args<T>& a, int64_t batch_heads, T* out, float* lse) {
-  const size_t bytes = sizeof(float) * (kRowsPerBlock * a.head_dim + kTileKeys * odd_pitch(a.head_dim) +
-                                        kTileKeys * a.value_dim);
+  const size_t bytes = sizeof(float) * forward_shared_floats(a.head_dim, a.value_dim);
   auto kernel = forward_kernel<T, kValuesPerLane>;
-  allow_shared_memory(kernel, bytes);
-  const dim3 grid(batch_heads, (a.queries + kRowsPerBlock - 1) / kRowsPerBlock);
+  dll_ext::cuda::allow_shared_memory(kernel, bytes);
+  const dim3 grid(batch_heads, blocks_of(a.queries, kRowsPerBlock));
   kernel<<<grid, kThreadsPerBlock, bytes, at::cuda::getCurrentCUDAStream()>>>(a, out, lse);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-std::tuple<at::Tensor, at::Tensor> attention_forward_cuda(const at::Tensor& q, const at::Tensor& k,
-                                                          const at::Tensor& v,
-                                                          const std::optional<at::Tensor>& attn_mask,
-                                                          const std::optional<at::Tensor>& key_padding_mask,
-                                                          bool is_causal, std::optional<double> scale,
-                                                          double dropout_p,
-                                                          const std::optional<at::Tensor>& dropout_seed) {
-  const Problem p = check_and_resolve("attention", q, k, v, attn_mask, key_padding_mask, is_causal, scale,
-                                      dropout_p, dropout_seed, kSupported);
-  check_cuda_problem("attention", p);
-  const auto guard = dll_ext::cuda::device_guard(q);
-  at::Tensor out = at::empty({p.batch, p.heads, p.queries, p.value_dim}, q.options());
-  at::Tensor lse = at::empty({p.batch, p.heads, p.queries}, q.options().dtype(at::kFloat));
-  if (lse.numel() == 0) return {out, lse};
-  const at::Tensor qc = rows_addressable(q), kc = rows_addressable(k), vc = rows_addressable(v);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "attention_forward_cuda", [&] {
-    const Args<scalar_t> a = make_args<scalar_t>(p, qc, kc, vc);
-    scalar_t* o = out.data_ptr<scalar_t>();
-    float* l = lse.data_ptr<float>();
-    const int64_t bh = p.batch * p.heads;
-    if (p.value_dim <= 32) {
-      launch_forward<scalar_t, 1>(a, bh, o, l);
-    } else if (p.value_dim <= 64) {
-      launch_forward<scalar_t, 2>(a, bh, o, l);
-    } else if (p.value_dim <= 128) {
-      launch_forward<scalar_t, 4>(a, bh, o, l);
-    } else {
-      launch_forward<scalar_t, 8>(a, bh, o, l);
-    }
-  });
-  return {out, lse};
+template <typename T, int kValuesPerLane>
+void launch_query_gradients(const Args<T>& a, int64_t batch_heads, const T* grad_out, const float* lse,
+                            const float* delta, T* grad_q) {
+  const size_t bytes = sizeof(float) * query_gradients_shared_floats(a.head_dim, a.value_dim);
+  auto kernel = query_gradients_kernel<T, kValuesPerLane>;
+  dll_ext::cuda::allow_shared_memory(kernel, bytes);
+  const dim3 grid(batch_heads, blocks_of(a.queries, kRowsPerBlock));
+  kernel<<<grid, kThreadsPerBlock, bytes, at::cuda::getCurrentCUDAStream()>>>(a, grad_out, lse, delta, grad_q);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, std::optional<at::Tensor>> attention_backward_cuda(
-    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-    const at::Tensor& out, const at::Tensor& lse, const std::optional<at::Tensor>& attn_mask,
-    const std::optional<at::Tensor>& key_padding_mask, bool is_causal, std::optional<double> scale,
-    double dropout_p, const std::optional<at::Tensor>& dropout_seed, bool mask_grad) {
-  const Problem p = check_and_resolve("attention_backward", q, k, v, attn_mask, key_padding_mask, is_causal, scale,
-                                      dropout_p, dropout_seed, kSupported);
-  check_backward_inputs(p, q, grad_out, out, lse, mask_grad);
-  check_cuda_problem("attention_backward", p);
-  const auto guard = dll_ext::cuda::device_guard(q);
-  const auto floats = q.options().dtype(at::kFloat);
-  at::Tensor grad_q = at::zeros({p.batch, p.heads, p.queries, p.head_dim}, floats);
-  at::Tensor grad_k = at::zeros({p.batch, p.heads, p.keys, p.head_dim}, q.options());
-  at::Tensor grad_v = at::zeros({p.batch, p.heads, p.keys, p.value_dim}, q.options());
-  at::Tensor grad_mask = mask_grad ? at::zeros({p.batch, p.heads, p.queries, p.keys}, floats) : at::Tensor();
-  const int64_t rows = p.batch * p.heads * p.queries;
-  if (rows > 0 && p.keys > 0) {
-    const at::Tensor dout = grad_out.contiguous(), o = out.contiguous(), l = lse.contiguous();
-    const at::Tensor qc = rows_addressable(q), kc = rows_addressable(k), vc = rows_addressable(v);
-    at::Tensor delta = at::empty({rows}, floats);
-    auto stream = at::cuda::getCurrentCUDAStream();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "attention_backward_cuda", [&] {
-      constexpr int kWarpsPerBlock = dll_ext::cuda::kThreads / kWarp;
-      const int64_t blocks = std::min<int64_t>((rows + kWarpsPerBlock - 1) / kWarpsPerBlock, 65535);
-      delta_kernel<scalar_t><<<blocks, dll_ext::cuda::kThreads, 0, stream>>>(
-          dout.const_data_ptr<scalar_t>(), o.const_data_ptr<scalar_t>(), delta.data_ptr<float>(), rows, p.value_dim);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-
-      const size_t bytes = sizeof(float) * (2 * kTileKeys * (odd_pitch(p.head_dim) + odd_pitch(p.value_dim)) +
-                                            kWarps * (p.head_dim + p.value_dim));
-      auto kernel = backward_kernel<scalar_t>;
-      allow_shared_memory(kernel, bytes);
-      const dim3 grid(p.batch * p.heads, (p.keys + kTileKeys - 1) / kTileKeys);
-      kernel<<<grid, kThreadsPerBlock, bytes, stream>>>(
-          make_args<scalar_t>(p, qc, kc, vc), dout.const_data_ptr<scalar_t>(), l.const_data_ptr<float>(),
-          delta.const_data_ptr<float>(), grad_q.data_ptr<float>(), grad_k.data_ptr<scalar_t>(),
-          grad_v.data_ptr<scalar_t>(), mask_grad ? grad_mask.data_ptr<float>() : nullptr);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
+// Calls launch<kValuesPerLane>() with the fewest values per lane that cover `features`.
+template <typename Launch>
+void by_values_per_lane(int64_t features, const Launch& launch) {
+  if (features <= 32) {
+    launch(std::integral_constant<int, 1>{});
+  } else if (features <= 64) {
+    launch(std::integral_constant<int, 2>{});
+  } else if (features <= 128) {
+    launch(std::integral_constant<int, 4>{});
+  } else {
+    launch(std::integral_constant<int, 8>{});
   }
-  std::optional<at::Tensor> mask_gradient;
-  if (mask_grad) mask_gradient = at::sum_to(grad_mask, attn_mask->sizes()).to(q.scalar_type());
-  return {grad_q.to(q.scalar_type()), grad_k, grad_v, mask_gradient};
 }
+
+void forward_cuda(const Problem& p, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out,
+                  at::Tensor& lse) {
+  DISPATCH_ATTENTION_CUDA_TYPES(q.scalar_type(), "attention_forward_cuda", [&] {
+    const Args<scalar_t> a = make_args<scalar_t>(p, q, k, v);
+    by_values_per_lane(p.value_dim, [&](auto values) {
+      launch_forward<scalar_t, decltype(values)::value>(a, p.batch * p.heads, out.data_ptr<scalar_t>(),
+                                                         lse.data_ptr<float>());
+    });
+  });
+}
+
+void backward_cuda(const Problem& p, const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
+                   const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse, at::Tensor& grad_q,
+                   at::Tensor& grad_k, at::Tensor& grad_v, at::Tensor& grad_mask) {
+  const int64_t rows = p.batch * p.heads * p.queries;
+  at::Tensor delta = at::empty({rows}, q.options().dtype(at::kFloat));
+  auto stream = at::cuda::getCurrentCUDAStream();
+  DISPATCH_ATTENTION_CUDA_TYPES(q.scalar_type(), "attention_backward_cuda", [&] {
+    const Args<scalar_t> a = make_args<scalar_t>(p, q, k, v);
+    const scalar_t* dout = grad_out.const_data_ptr<scalar_t>();
+    const float* l = lse.const_data_ptr<float>();
+    constexpr int kWarpsPerBlock = dll_ext::cuda::kThreads / kWarp;
+    const int64_t delta_blocks = std::min<int64_t>(blocks_of(rows, kWarpsPerBlock), 65535);
+    delta_kernel<scalar_t><<<delta_blocks, dll_ext::cuda::kThreads, 0, stream>>>(
+        dout, out.const_data_ptr<scalar_t>(), delta.data_ptr<float>(), rows, p.value_dim);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+
+    const size_t bytes = sizeof(float) * key_gradients_shared_floats(p.head_dim, p.value_dim);
+    auto kernel = key_gradients_kernel<scalar_t>;
+    dll_ext::cuda::allow_shared_memory(kernel, bytes);
+    const dim3 grid(p.batch * p.heads, blocks_of(p.keys, kTileKeys));
+    kernel<<<grid, kThreadsPerBlock, bytes, stream>>>(a, dout, l, delta.const_data_ptr<float>(),
+                                                      grad_k.data_ptr<scalar_t>(), grad_v.data_ptr<scalar_t>(),
+                                                      grad_mask.defined() ? grad_mask.data_ptr<float>() : nullptr);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+
+    by_values_per_lane(p.head_dim, [&](auto values) {
+      launch_query_gradients<scalar_t, decltype(values)::value>(a, p.batch * p.heads, dout, l,
+                                                                 delta.const_data_ptr<float>(),
+                                                                 grad_q.data_ptr<scalar_t>());
+    });
+  });
+}
+
+constexpr Backend kCuda{/*computes_reduced_in_float=*/false, check_limits_cuda, forward_cuda, backward_cuda};
 
 }  // namespace
 }  // namespace dll_ext::attention
 
 TORCH_LIBRARY_IMPL(dll_ext, CUDA, m) {
-  m.impl("_attention_forward", &dll_ext::attention::attention_forward_cuda);
-  m.impl("attention_backward", &dll_ext::attention::attention_backward_cuda);
+  dll_ext::attention::register_kernels<dll_ext::attention::kCuda, dll_ext::cuda::CudaGuard>(m);
 }

@@ -12,6 +12,8 @@
 #include <optional>
 #include <tuple>
 
+#include "common/registration.h"
+
 namespace dll_ext::conv_relu {
 
 struct Backend {
@@ -39,6 +41,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_differentiable(
     const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& input,
     const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding,
     at::IntArrayRef dilation, int64_t groups, std::array<bool, 3> output_mask);
+
+template <const Backend& backend, typename Guard>
+void register_kernels(torch::Library& m) {
+  impl<Guard, backend, forward>(m, "conv2d_relu");
+  impl<Guard, backend, backward>(m, "conv2d_relu_backward");
+}
 
 // Layout helper for the kernels: (outer, channels, inner) of an NCHW or channels-last tensor.
 struct Layout {

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "common/registration.h"
 #include "ops/conv_relu/conv_relu.h"
 #include "ops/conv_relu/conv_relu_math.h"
 
@@ -164,23 +165,9 @@ std::tuple<at::Tensor, at::Tensor> relu_backward_cpu(const at::Tensor& grad_out,
 
 constexpr Backend kCpu{bias_relu_cpu_, relu_backward_cpu};
 
-at::Tensor conv2d_relu_cpu(const at::Tensor& input, const at::Tensor& weight,
-                           const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
-                           at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  return forward(kCpu, input, weight, bias, stride, padding, dilation, groups);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_relu_backward_cpu(
-    const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& input,
-    const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding,
-    at::IntArrayRef dilation, int64_t groups, std::array<bool, 3> output_mask) {
-  return backward(kCpu, grad_out, out, input, weight, stride, padding, dilation, groups, output_mask);
-}
-
 }  // namespace
 }  // namespace dll_ext::conv_relu
 
 TORCH_LIBRARY_IMPL(dll_ext, CPU, m) {
-  m.impl("conv2d_relu", &dll_ext::conv_relu::conv2d_relu_cpu);
-  m.impl("conv2d_relu_backward", &dll_ext::conv_relu::conv2d_relu_backward_cpu);
+  dll_ext::conv_relu::register_kernels<dll_ext::conv_relu::kCpu, dll_ext::NoGuard>(m);
 }

@@ -1,18 +1,19 @@
 // CUDA passes of conv2d_relu around cuDNN's convolution: the in-place bias+ReLU epilogue and
-// the masked backward that reduces the bias gradient in the same sweep.
+// the masked backward that reduces the bias gradient in the same sweep. The reduction is
+// deterministic: each block writes its partial sums to its own slot, and the slots are added
+// in a fixed order afterwards (no atomics).
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/Atomic.cuh>
 #include <ATen/cuda/CUDAContext.h>
 #include <torch/library.h>
 
 #include "common/cuda_launch.cuh"
+#include "common/registration.h"
 #include "ops/conv_relu/conv_relu.h"
 #include "ops/conv_relu/conv_relu_math.h"
 
 namespace dll_ext::conv_relu {
 namespace {
 
-using dll_ext::cuda::device_guard;
 using dll_ext::cuda::grid_for;
 using dll_ext::cuda::kThreads;
 
@@ -52,13 +53,13 @@ __device__ acc_t block_sum(acc_t value, acc_t* shared) {
   return shared[0];
 }
 
-// NCHW: block (c, y) masks planes n = y, y + gridDim.y, ... of channel c and adds its
-// partial bias-gradient sum into bias_sum[c].
+// NCHW: block (c, y) masks planes n = y, y + gridDim.y, ... of channel c and writes its
+// partial bias-gradient sum to partial[c * gridDim.y + y].
 template <typename scalar_t>
 __global__ void relu_backward_planes_kernel(const scalar_t* __restrict__ grad,
                                             const scalar_t* __restrict__ out,
                                             scalar_t* __restrict__ grad_in,
-                                            at::opmath_type<scalar_t>* __restrict__ bias_sum,
+                                            at::opmath_type<scalar_t>* __restrict__ partial,
                                             int64_t outer, int64_t channels, int64_t inner) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ acc_t shared[kThreads];
@@ -72,18 +73,19 @@ __global__ void relu_backward_planes_kernel(const scalar_t* __restrict__ grad,
       sum += g;
     }
   }
-  if (bias_sum == nullptr) return;
+  if (partial == nullptr) return;
   sum = block_sum(sum, shared);
-  if (threadIdx.x == 0) gpuAtomicAdd(bias_sum + c, sum);
+  if (threadIdx.x == 0) partial[c * gridDim.y + blockIdx.y] = sum;
 }
 
 // Channels-last: threadIdx.x walks channels (coalesced), threadIdx.y and blockIdx.x walk
-// rows; blockIdx.y picks the tile of 32 channels.
+// rows; blockIdx.y picks the tile of 32 channels. Block x writes its partial sum of channel
+// c to partial[c * gridDim.x + x].
 template <typename scalar_t>
 __global__ void relu_backward_rows_kernel(const scalar_t* __restrict__ grad,
                                           const scalar_t* __restrict__ out,
                                           scalar_t* __restrict__ grad_in,
-                                          at::opmath_type<scalar_t>* __restrict__ bias_sum,
+                                          at::opmath_type<scalar_t>* __restrict__ partial,
                                           int64_t rows, int64_t channels) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ acc_t shared[8][32];
@@ -98,12 +100,12 @@ __global__ void relu_backward_rows_kernel(const scalar_t* __restrict__ grad,
       sum += g;
     }
   }
-  if (bias_sum == nullptr) return;
+  if (partial == nullptr) return;
   shared[threadIdx.y][threadIdx.x] = sum;
   __syncthreads();
   if (threadIdx.y == 0 && c < channels) {
     for (int y = 1; y < blockDim.y; ++y) sum += shared[y][threadIdx.x];
-    gpuAtomicAdd(bias_sum + c, sum);
+    partial[c * gridDim.x + blockIdx.x] = sum;
   }
 }
 
@@ -111,57 +113,48 @@ std::tuple<at::Tensor, at::Tensor> relu_backward_cuda(const at::Tensor& grad_out
                                                       const at::Tensor& out, bool bias_grad) {
   at::Tensor grad_in = at::empty_like(out);
   const auto acc_dtype = at::toOpMathType(out.scalar_type());
-  at::Tensor bias_sum = bias_grad ? at::zeros({out.size(1)}, out.options().dtype(acc_dtype))
-                                  : at::Tensor();
   const Layout l = layout_of(out);
   auto stream = at::cuda::getCurrentCUDAStream();
   const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  dim3 grid;
+  int64_t blocks_per_channel;
+  if (l.inner > 1) {
+    // Enough (c, y) blocks to fill the GPU, capped by the planes there are.
+    const int64_t ys = std::min<int64_t>(l.outer, std::max<int64_t>(1, 8 * sms / l.channels));
+    grid = dim3(l.channels, std::min<int64_t>(ys, 65535));
+    blocks_per_channel = grid.y;
+  } else {
+    const int64_t tiles = (l.channels + 31) / 32;
+    TORCH_CHECK(tiles <= 65535, "conv2d_relu_backward: channels-last output with ", l.channels,
+                " channels exceeds the CUDA kernel's limit of ", 65535 * 32);
+    grid = dim3(std::min<int64_t>((l.outer + 7) / 8, std::max<int64_t>(1, 8 * sms / tiles)), tiles);
+    blocks_per_channel = grid.x;
+  }
+  at::Tensor partial = bias_grad ? at::empty({l.channels, blocks_per_channel}, out.options().dtype(acc_dtype))
+                                 : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "conv2d_relu_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    acc_t* sums = bias_grad ? bias_sum.data_ptr<acc_t>() : nullptr;
+    acc_t* sums = bias_grad ? partial.data_ptr<acc_t>() : nullptr;
     if (l.inner > 1) {
-      // Enough (c, y) blocks to fill the GPU, capped by the planes there are.
-      const int64_t ys = std::min<int64_t>(l.outer, std::max<int64_t>(1, 8 * sms / l.channels));
-      const dim3 grid(l.channels, std::min<int64_t>(ys, 65535));
       relu_backward_planes_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
           grad_out.const_data_ptr<scalar_t>(), out.const_data_ptr<scalar_t>(),
           grad_in.data_ptr<scalar_t>(), sums, l.outer, l.channels, l.inner);
     } else {
-      const int64_t tiles = (l.channels + 31) / 32;
-      TORCH_CHECK(tiles <= 65535, "conv2d_relu_backward: channels-last output with ", l.channels,
-                  " channels exceeds the CUDA kernel's limit of ", 65535 * 32);
-      const int64_t row_blocks = std::min<int64_t>((l.outer + 7) / 8, std::max<int64_t>(1, 8 * sms / tiles));
-      const dim3 grid(row_blocks, tiles);
       relu_backward_rows_kernel<scalar_t><<<grid, dim3(32, 8), 0, stream>>>(
           grad_out.const_data_ptr<scalar_t>(), out.const_data_ptr<scalar_t>(),
           grad_in.data_ptr<scalar_t>(), sums, l.outer, l.channels);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {grad_in, bias_grad ? bias_sum.to(out.scalar_type()) : at::Tensor()};
+  // ATen's reduction over a fixed shape adds in a fixed order.
+  return {grad_in, bias_grad ? partial.sum(1).to(out.scalar_type()) : at::Tensor()};
 }
 
 constexpr Backend kCuda{bias_relu_cuda_, relu_backward_cuda};
-
-at::Tensor conv2d_relu_cuda(const at::Tensor& input, const at::Tensor& weight,
-                            const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
-                            at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  const auto guard = device_guard(input);
-  return forward(kCuda, input, weight, bias, stride, padding, dilation, groups);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_relu_backward_cuda(
-    const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& input,
-    const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding,
-    at::IntArrayRef dilation, int64_t groups, std::array<bool, 3> output_mask) {
-  const auto guard = device_guard(input);
-  return backward(kCuda, grad_out, out, input, weight, stride, padding, dilation, groups, output_mask);
-}
 
 }  // namespace
 }  // namespace dll_ext::conv_relu
 
 TORCH_LIBRARY_IMPL(dll_ext, CUDA, m) {
-  m.impl("conv2d_relu", &dll_ext::conv_relu::conv2d_relu_cuda);
-  m.impl("conv2d_relu_backward", &dll_ext::conv_relu::conv2d_relu_backward_cuda);
+  dll_ext::conv_relu::register_kernels<dll_ext::conv_relu::kCuda, dll_ext::cuda::CudaGuard>(m);
 }

@@ -11,6 +11,8 @@
 #include <optional>
 #include <tuple>
 
+#include "common/registration.h"
+
 namespace dll_ext::lstm {
 
 struct Backend {
@@ -44,10 +46,16 @@ void check_state(const char* op, const at::Tensor& t, const at::Tensor& input, i
 at::Tensor bias_row(const at::Tensor& like, const std::optional<at::Tensor>& b_ih,
                     const std::optional<at::Tensor>& b_hh, int64_t hidden);
 
+// The ops. lstm_cell is _lstm_cell_forward without the gates; lstm_layer and
+// lstm_layer_packed are _lstm_layer_forward without the workspace.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> cell_forward(
     const Backend& backend, const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx,
     const at::Tensor& w_ih, const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
     const std::optional<at::Tensor>& b_hh);
+
+std::tuple<at::Tensor, at::Tensor> cell(const Backend& backend, const at::Tensor& input, const at::Tensor& hx,
+                                        const at::Tensor& cx, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                        const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> cell_backward(
     const Backend& backend, const std::optional<at::Tensor>& grad_hy,
@@ -81,5 +89,28 @@ LayerGrads layer_backward(const Backend& backend, const std::optional<at::Tensor
                           const at::Tensor& cx, const at::Tensor& w_ih, const at::Tensor& w_hh,
                           const at::Tensor& output, const at::Tensor& gates, const at::Tensor& cells,
                           bool has_bias, bool reverse, std::array<bool, 4> output_mask);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> layer(const Backend& backend, const at::Tensor& input,
+                                                     const at::Tensor& hx, const at::Tensor& cx,
+                                                     const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                                     const std::optional<at::Tensor>& b_ih,
+                                                     const std::optional<at::Tensor>& b_hh,
+                                                     const std::optional<at::Tensor>& lengths, bool reverse);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_packed(
+    const Backend& backend, const at::Tensor& input, const at::Tensor& batch_sizes, const at::Tensor& hx,
+    const at::Tensor& cx, const at::Tensor& w_ih, const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+    const std::optional<at::Tensor>& b_hh, bool reverse);
+
+template <const Backend& backend, typename Guard>
+void register_kernels(torch::Library& m) {
+  impl<Guard, backend, cell>(m, "lstm_cell");
+  impl<Guard, backend, cell_forward>(m, "_lstm_cell_forward");
+  impl<Guard, backend, cell_backward>(m, "lstm_cell_backward");
+  impl<Guard, backend, layer>(m, "lstm_layer");
+  impl<Guard, backend, layer_packed>(m, "lstm_layer_packed");
+  impl<Guard, backend, layer_forward>(m, "_lstm_layer_forward");
+  impl<Guard, backend, layer_backward>(m, "lstm_layer_backward");
+}
 
 }  // namespace dll_ext::lstm

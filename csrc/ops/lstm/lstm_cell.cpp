@@ -70,6 +70,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
           has_bias ? grad_pre.sum(0) : at::Tensor()};
 }
 
+std::tuple<at::Tensor, at::Tensor> cell(const Backend& backend, const at::Tensor& input, const at::Tensor& hx,
+                                        const at::Tensor& cx, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                        const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh) {
+  auto [hy, cy, gates] = cell_forward(backend, input, hx, cx, w_ih, w_hh, b_ih, b_hh);
+  return {hy, cy};
+}
+
 }  // namespace dll_ext::lstm
 
 TORCH_LIBRARY_FRAGMENT(dll_ext, m) {

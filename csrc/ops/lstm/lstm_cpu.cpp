@@ -4,7 +4,8 @@
 
 #include <algorithm>
 
-#include "ops/lstm/lstm_kernels.h"
+#include "common/registration.h"
+#include "ops/lstm/lstm.h"
 #include "ops/lstm/lstm_math.h"
 
 namespace dll_ext::lstm {
@@ -81,11 +82,6 @@ void step_backward_cpu(const at::Tensor& grad_h, const at::Tensor& grad_c, const
   });
 }
 
-// No state to hold while a CPU op runs.
-struct NoGuard {
-  explicit NoGuard(const at::Tensor&) {}
-};
-
 constexpr Backend kCpu{step_forward_cpu, step_backward_cpu};
 
 }  // namespace
@@ -93,5 +89,5 @@ constexpr Backend kCpu{step_forward_cpu, step_backward_cpu};
 }  // namespace dll_ext::lstm
 
 TORCH_LIBRARY_IMPL(dll_ext, CPU, m) {
-  dll_ext::lstm::register_kernels<dll_ext::lstm::kCpu, dll_ext::lstm::NoGuard>(m);
+  dll_ext::lstm::register_kernels<dll_ext::lstm::kCpu, dll_ext::NoGuard>(m);
 }

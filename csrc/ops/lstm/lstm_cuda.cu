@@ -4,13 +4,13 @@
 #include <ATen/cuda/CUDAContext.h>
 
 #include "common/cuda_launch.cuh"
-#include "ops/lstm/lstm_kernels.h"
+#include "common/registration.h"
+#include "ops/lstm/lstm.h"
 #include "ops/lstm/lstm_math.h"
 
 namespace dll_ext::lstm {
 namespace {
 
-using dll_ext::cuda::device_guard;
 using dll_ext::cuda::grid_for;
 using dll_ext::cuda::kThreads;
 
@@ -71,12 +71,6 @@ void step_backward_cuda(const at::Tensor& grad_h, const at::Tensor& grad_c, cons
   });
 }
 
-// The op's device, current while it runs.
-struct CudaGuard {
-  explicit CudaGuard(const at::Tensor& input) : guard(device_guard(input)) {}
-  c10::cuda::OptionalCUDAGuard guard;
-};
-
 constexpr Backend kCuda{step_forward_cuda, step_backward_cuda};
 
 }  // namespace
@@ -84,5 +78,5 @@ constexpr Backend kCuda{step_forward_cuda, step_backward_cuda};
 }  // namespace dll_ext::lstm
 
 TORCH_LIBRARY_IMPL(dll_ext, CUDA, m) {
-  dll_ext::lstm::register_kernels<dll_ext::lstm::kCuda, dll_ext::lstm::CudaGuard>(m);
+  dll_ext::lstm::register_kernels<dll_ext::lstm::kCuda, dll_ext::cuda::CudaGuard>(m);
 }

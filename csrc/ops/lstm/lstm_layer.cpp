@@ -294,13 +294,15 @@ LayerGrads layer_backward(const Backend& backend, const std::optional<at::Tensor
   const int64_t hidden = w_hh.size(1), capacity = positions(input), batch = hx.size(0);
   std::vector<int64_t> output_sizes = input.sizes().vec();
   output_sizes.back() = hidden;
-  // The backward reads these as raw buffers: wrong shapes must not be read out of bounds.
+  // The backward reads gates and cells as raw buffers: wrong shapes must not be read out of
+  // bounds, and other layouts are made contiguous below.
   check_shape(op, output, output_sizes, "output", "(input's positions, hidden_size)");
   check_shape(op, gates, {capacity, 4 * hidden}, "gates", "(input's positions, 4 * hidden_size)");
   check_shape(op, cells, {capacity, hidden}, "cells", "(input's positions, hidden_size)");
   for (const auto& [t, name] : {std::pair{&output, "output"}, {&gates, "gates"}, {&cells, "cells"}}) {
     check_like_input(op, *t, input, name);
   }
+  const at::Tensor gates_rows = gates.contiguous(), cells_rows = cells.contiguous();
   const auto defined = [](const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); };
   if (defined(grad_output)) {
     check_shape(op, *grad_output, output_sizes, "grad_output", "(the output's shape)");
@@ -328,8 +330,9 @@ LayerGrads layer_backward(const Backend& backend, const std::optional<at::Tensor
     at::Tensor grad_h_t = grad_h.narrow(0, 0, rows), grad_c_t = grad_c.narrow(0, 0, rows),
                grad_c_prev_t = grad_c_prev.narrow(0, 0, rows), grad_pre_t = step_rows(grad_pre, s, t);
     grad_h_t.add_(step_rows(grad_out, s, t));
-    backend.step_backward(grad_h_t, grad_c_t, step_rows(gates, s, t), state_before(cells, c0, s, t, reverse),
-                          step_rows(cells, s, t), grad_pre_t, grad_c_prev_t);
+    backend.step_backward(grad_h_t, grad_c_t, step_rows(gates_rows, s, t),
+                          state_before(cells_rows, c0, s, t, reverse), step_rows(cells_rows, s, t), grad_pre_t,
+                          grad_c_prev_t);
     grad_c_t.copy_(grad_c_prev_t);
     // After the last step visited, only hx's gradient would read the recurrent one.
     if (k > 0 || output_mask[1]) grad_h_t.copy_(recurrent(grad_pre_t));
@@ -351,6 +354,26 @@ LayerGrads layer_backward(const Backend& backend, const std::optional<at::Tensor
           grad_w_ih,
           grad_w_hh,
           has_bias ? grad_pre.sum(0) : at::Tensor()};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> layer(const Backend& backend, const at::Tensor& input,
+                                                     const at::Tensor& hx, const at::Tensor& cx,
+                                                     const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                                     const std::optional<at::Tensor>& b_ih,
+                                                     const std::optional<at::Tensor>& b_hh,
+                                                     const std::optional<at::Tensor>& lengths, bool reverse) {
+  auto [output, hy, cy, gates, cells] =
+      layer_forward(backend, input, lengths, std::nullopt, hx, cx, w_ih, w_hh, b_ih, b_hh, reverse);
+  return {output, hy, cy};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_packed(
+    const Backend& backend, const at::Tensor& input, const at::Tensor& batch_sizes, const at::Tensor& hx,
+    const at::Tensor& cx, const at::Tensor& w_ih, const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+    const std::optional<at::Tensor>& b_hh, bool reverse) {
+  auto [output, hy, cy, gates, cells] =
+      layer_forward(backend, input, std::nullopt, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, reverse);
+  return {output, hy, cy};
 }
 
 }  // namespace dll_ext::lstm

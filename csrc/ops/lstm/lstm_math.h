@@ -27,7 +27,7 @@ struct CellState {
 
 // One forward step from the four pre-activations (biases already added) and c_prev.
 template <typename T>
-DLL_HOST_DEVICE CellState<T> cell_forward(T pre_i, T pre_f, T pre_g, T pre_o, T c_prev) {
+DLL_HOST_DEVICE CellState<T> cell_state(T pre_i, T pre_f, T pre_g, T pre_o, T c_prev) {
   CellState<T> s;
   s.i = sigmoid(pre_i);
   s.f = sigmoid(pre_f);
@@ -49,7 +49,7 @@ struct CellGrads {
 // One backward step: dh and dc are the gradients reaching h and c of this step (dc from the
 // next step's c_prev, or from the final cell state).
 template <typename T>
-DLL_HOST_DEVICE CellGrads<T> cell_backward(T dh, T dc, T i, T f, T g, T o, T c_prev, T tanh_c) {
+DLL_HOST_DEVICE CellGrads<T> cell_grads(T dh, T dc, T i, T f, T g, T o, T c_prev, T tanh_c) {
   const T dc_total = dc + dh * o * (T(1) - tanh_c * tanh_c);
   CellGrads<T> d;
   d.pre_o = dh * tanh_c * o * (T(1) - o);
@@ -67,7 +67,7 @@ template <typename scalar_t, typename acc_t>
 DLL_HOST_DEVICE void step_forward_unit(const scalar_t* pre, const acc_t* bias, const scalar_t* c_prev,
                                        scalar_t* h, scalar_t* c, scalar_t* gates, int64_t j,
                                        int64_t hidden) {
-  const CellState<acc_t> s = cell_forward(
+  const CellState<acc_t> s = cell_state(
       acc_t(pre[j]) + bias[j], acc_t(pre[hidden + j]) + bias[hidden + j],
       acc_t(pre[2 * hidden + j]) + bias[2 * hidden + j],
       acc_t(pre[3 * hidden + j]) + bias[3 * hidden + j], acc_t(c_prev[j]));
@@ -86,7 +86,7 @@ DLL_HOST_DEVICE void step_backward_unit(const scalar_t* grad_h, const scalar_t* 
                                         const scalar_t* gates, const scalar_t* c_prev,
                                         const scalar_t* c, scalar_t* grad_pre,
                                         scalar_t* grad_c_prev, int64_t j, int64_t hidden) {
-  const CellGrads<acc_t> d = cell_backward(
+  const CellGrads<acc_t> d = cell_grads(
       acc_t(grad_h[j]), acc_t(grad_c[j]), acc_t(gates[j]), acc_t(gates[hidden + j]),
       acc_t(gates[2 * hidden + j]), acc_t(gates[3 * hidden + j]), acc_t(c_prev[j]),
       fast_tanh(acc_t(c[j])));

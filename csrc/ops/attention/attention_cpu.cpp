@@ -170,7 +170,10 @@ DLL_HOST_DEVICE T row_sum(const T* s, int64_t cols) {
 template <typename T>
 DLL_CPU_CLONES T softmax_update(T* s, int64_t cols, RowSoftmax<T>& softmax) {
   const T shrink = softmax.rescale(row_max(s, cols));
-  for (int64_t c = 0; c < cols; ++c) s[c] = softmax.unnormalised(s[c]);
+  // A local copy: through the reference, each store to s might change the max, which keeps
+  // the compiler from vectorising the loop.
+  const RowSoftmax<T> now = softmax;
+  for (int64_t c = 0; c < cols; ++c) s[c] = now.unnormalised(s[c]);
   softmax.add(row_sum(s, cols));
   return shrink;
 }

@@ -5,6 +5,10 @@ from typing import List, Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 
+from dll_ext.ops import conv_relu as _conv_relu
+from dll_ext.ops import lstm as _lstm
+from dll_ext.ops.attention import scaled_dot_product_attention
+
 __all__ = ["conv2d_relu", "lstm_cell", "lstm_layer", "scaled_dot_product_attention"]
 
 
@@ -30,24 +34,6 @@ def _pair(value: Union[int, List[int], Tuple[int, ...]], name: str) -> List[int]
     return values
 
 
-def _same_padding(input: torch.Tensor, weight: torch.Tensor, dilation: List[int]) -> Tuple[torch.Tensor, List[int]]:
-    """Padding that keeps the spatial size at stride 1, as torch's padding='same'.
-
-    An odd total is split with the extra row/column at the bottom/right, which a symmetric
-    padding cannot express, so that part is padded onto the input explicitly.
-    """
-    padding: List[int] = []
-    extra: List[int] = [0, 0, 0, 0]  # F.pad order: left, right, top, bottom
-    for d in range(2):
-        total = dilation[d] * (weight.shape[2 + d] - 1)
-        padding.append(total // 2)
-        if total % 2:
-            extra[3 - 2 * d] = 1
-    if any(extra):
-        input = F.pad(input, extra)
-    return input, padding
-
-
 def conv2d_relu(
     input: torch.Tensor,
     weight: torch.Tensor,
@@ -60,7 +46,7 @@ def conv2d_relu(
     """relu(conv2d(input, weight, bias, stride, padding, dilation, groups)), fused.
 
     Arguments as F.conv2d, including padding='same' | 'valid' and an unbatched
-    (C, H, W) input. Runs torch.ops.dll_ext.conv2d_relu; differentiable in input, weight and bias.
+    (C, H, W) input. Runs dll_ext.ops.conv_relu.conv2d_relu; differentiable in input, weight and bias.
     """
     stride_ = _pair(stride, "stride")
     dilation_ = _pair(dilation, "dilation")
@@ -72,15 +58,14 @@ def conv2d_relu(
                 raise ValueError(f"conv2d_relu: padding='same' is not supported for strided convolutions (stride={stride_})")
             if weight.dim() != 4:
                 raise ValueError(f"conv2d_relu: weight must be a 4-D tensor (C_out, C_in / groups, kH, kW), but got shape {tuple(weight.shape)}")
-            input, padding_ = _same_padding(input, weight, dilation_)
+            padding_, input_padding = _conv_relu.same_padding(list(weight.shape[2:]), dilation_)
+            if any(input_padding):
+                input = F.pad(input, input_padding)
         else:
             raise ValueError(f"conv2d_relu: padding must be 'same', 'valid', an int or a pair of ints, but got {padding!r}")
     else:
         padding_ = _pair(padding, "padding")
-    if input.dim() == 3:
-        out = torch.ops.dll_ext.conv2d_relu(input.unsqueeze(0), weight, bias, stride_, padding_, dilation_, groups)
-        return out.squeeze(0)
-    return torch.ops.dll_ext.conv2d_relu(input, weight, bias, stride_, padding_, dilation_, groups)
+    return _conv_relu.conv2d_relu(input, weight, bias, stride_, padding_, dilation_, groups)
 
 
 def lstm_cell(
@@ -94,17 +79,10 @@ def lstm_cell(
     """One LSTM step, fused: returns (h, c) as nn.LSTMCell does with these parameters.
 
     input is (B, input_size) or unbatched (input_size,); hx = (h, c), each (B, hidden_size)
-    or (hidden_size,). Gate order i, f, g, o as torch.nn. Runs torch.ops.dll_ext.lstm_cell;
+    or (hidden_size,). Gate order i, f, g, o as torch.nn. Runs dll_ext.ops.lstm.lstm_cell;
     differentiable in every tensor argument.
     """
-    h, c = hx
-    if input.dim() == 1:
-        hy, cy = torch.ops.dll_ext.lstm_cell(
-            input.unsqueeze(0), h.unsqueeze(0), c.unsqueeze(0), weight_ih, weight_hh, bias_ih, bias_hh
-        )
-        return hy.squeeze(0), cy.squeeze(0)
-    hy, cy = torch.ops.dll_ext.lstm_cell(input, h, c, weight_ih, weight_hh, bias_ih, bias_hh)
-    return hy, cy
+    return _lstm.lstm_cell(input, hx[0], hx[1], weight_ih, weight_hh, bias_ih, bias_hh)
 
 
 def lstm_layer(
@@ -126,7 +104,7 @@ def lstm_layer(
     any order: sequence b is input[:lengths[b], b]; output is zero past it, and (h_n, c_n)[b]
     is its state at its last valid step. reverse runs each sequence from its last valid step
     to its first, as the reverse direction of a bidirectional nn.LSTM does. Runs
-    torch.ops.dll_ext.lstm_layer; differentiable in input, hx and the weights.
+    dll_ext.ops.lstm.lstm_layer; differentiable in input, hx and the weights.
     """
     if input.dim() != 3:
         raise ValueError(f"lstm_layer: input must be a 3-D tensor (seq_len, batch, input_size), but got shape {tuple(input.shape)}")
@@ -137,67 +115,7 @@ def lstm_layer(
         hx = (zeros, zeros)
     if lengths is not None and not isinstance(lengths, torch.Tensor):
         lengths = torch.tensor(lengths, dtype=torch.int64)
-    output, h, c = torch.ops.dll_ext.lstm_layer(input, hx[0], hx[1], weight_ih, weight_hh, bias_ih, bias_hh,
-                                                lengths, reverse)
+    output, h, c = _lstm.lstm_layer(input, hx[0], hx[1], weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse)
     if batch_first:
         output = output.transpose(0, 1)
     return output, (h, c)
-
-
-def scaled_dot_product_attention(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attn_mask: Optional[torch.Tensor] = None,
-    dropout_p: float = 0.0,
-    is_causal: bool = False,
-    scale: Optional[float] = None,
-    key_padding_mask: Optional[torch.Tensor] = None,
-) -> torch.Tensor:
-    """softmax(query key^T * scale + mask) value, fused and tiled (memory linear in the
-    sequence length): F.scaled_dot_product_attention's arguments, plus key_padding_mask.
-
-    query (..., L, E), key (..., S, E), value (..., S, Ev) with the same leading (batch,
-    heads) dimensions, 3-D or 4-D. The two mask conventions, as in PyTorch:
-
-    ================  =====================================  ==============================
-    mask              True means                             float values
-    ================  =====================================  ==============================
-    attn_mask         may attend (F.scaled_dot_product_...)  added to the scores
-    key_padding_mask  padded: never attended (nn.MHA)         added to the scores
-    ================  =====================================  ==============================
-
-    attn_mask broadcasts to (B, H, L, S); key_padding_mask is (B, S). is_causal masks keys
-    after the query's position (top-left aligned). A query row whose keys are all masked
-    returns zeros and zero gradients (PyTorch returns NaN there). The gradient of a
-    floating-point attn_mask that requires grad is returned, summed over its broadcast
-    dimensions. dropout_p drops attention probabilities (scaling the kept ones by
-    1 / (1 - dropout_p)) whenever it is > 0, as F.scaled_dot_product_attention does: pass
-    0.0 in evaluation. Runs torch.ops.dll_ext.attention.
-    """
-    if query.dim() != 3 and query.dim() != 4:
-        raise ValueError(f"scaled_dot_product_attention: query must be 3-D or 4-D, but got shape {list(query.shape)}")
-    unbatched_heads = query.dim() == 3
-    if unbatched_heads:
-        query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
-        if attn_mask is not None and attn_mask.dim() == 3:
-            attn_mask = attn_mask.unsqueeze(1)
-    if attn_mask is not None and attn_mask.is_floating_point() and attn_mask.dtype != query.dtype:
-        attn_mask = attn_mask.to(query.dtype)
-    if key_padding_mask is not None and key_padding_mask.dtype != torch.bool:
-        # An additive key-padding mask joins the additive attn_mask.
-        padding = key_padding_mask.to(query.dtype)[:, None, None, :]
-        if attn_mask is None:
-            attn_mask = padding
-        elif attn_mask.dtype == torch.bool:
-            attn_mask = torch.zeros_like(attn_mask, dtype=query.dtype).masked_fill(~attn_mask, float("-inf")) + padding
-        else:
-            attn_mask = attn_mask + padding
-        key_padding_mask = None
-    # The dropout mask is a hash of this seed (drawn from torch's default generator, so
-    # torch.manual_seed makes runs repeat); the backward sees the same mask from it.
-    seed: Optional[torch.Tensor] = None
-    if dropout_p > 0.0:
-        seed = torch.randint(0, 1 << 62, [1], dtype=torch.int64)
-    out = torch.ops.dll_ext.attention(query, key, value, attn_mask, key_padding_mask, is_causal, scale, dropout_p, seed)
-    return out.squeeze(1) if unbatched_heads else out

@@ -548,7 +548,7 @@ def test_torchscript_padded_and_packed_and_save_load():
     ours = Tagger(dll_ext.nn.LSTM)
     ours.load_state_dict(native.state_dict())
     scripted = torch.jit.script(ours)
-    layers = str(scripted.lstm._c._get_method("_layers").graph)
+    layers = str(scripted.lstm._layers.inlined_graph)
     assert "dll_ext::lstm_layer(" in layers and "dll_ext::lstm_layer_packed(" in layers
     buffer = io.BytesIO()
     torch.jit.save(scripted, buffer)

@@ -6,7 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from dll_ext.functional import scaled_dot_product_attention
+from dll_ext.ops.attention import scaled_dot_product_attention
 
 __all__ = ["MultiheadAttention"]
 

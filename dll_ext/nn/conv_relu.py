@@ -7,11 +7,13 @@ import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dll_ext.ops.conv_relu import conv2d_relu, same_padding
+
 __all__ = ["Conv2dReLU", "fuse_conv_relu"]
 
 
 class Conv2dReLU(nn.Conv2d):
-    """relu(conv2d(x)) through torch.ops.dll_ext.conv2d_relu.
+    """relu(conv2d(x)) through dll_ext.ops.conv_relu.conv2d_relu.
 
     The constructor, parameters, initialisation and state_dict are nn.Conv2d's (it is a
     subclass), so an nn.Conv2d state_dict loads into it and back. All padding modes work:
@@ -27,10 +29,7 @@ class Conv2dReLU(nn.Conv2d):
         if self.padding_mode != "zeros":
             self._input_padding = list(self._reversed_padding_repeated_twice)
         elif self.padding == "same":
-            for d in range(2):
-                total = self.dilation[d] * (self.kernel_size[d] - 1)
-                self._op_padding[d] = total // 2
-                self._input_padding[3 - 2 * d] = total % 2
+            self._op_padding, self._input_padding = same_padding(list(self.kernel_size), list(self.dilation))
         elif self.padding != "valid":
             self._op_padding = [int(p) for p in self.padding]
 
@@ -60,13 +59,8 @@ class Conv2dReLU(nn.Conv2d):
         if self._input_padding != [0, 0, 0, 0]:
             mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
             input = F.pad(input, self._input_padding, mode=mode)
-        unbatched = input.dim() == 3
-        if unbatched:
-            input = input.unsqueeze(0)
-        out = torch.ops.dll_ext.conv2d_relu(
-            input, self.weight, self.bias, list(self.stride), self._op_padding, list(self.dilation), self.groups
-        )
-        return out.squeeze(0) if unbatched else out
+        return conv2d_relu(input, self.weight, self.bias, list(self.stride), self._op_padding, list(self.dilation),
+                           self.groups)
 
 
 def _is_relu_module(module: nn.Module) -> bool:

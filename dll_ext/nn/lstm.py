@@ -7,6 +7,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence
 
+from dll_ext.ops.lstm import lstm_cell, lstm_layer, lstm_layer_packed
+
 __all__ = ["LSTMCell", "LSTM"]
 
 
@@ -38,20 +40,11 @@ class LSTMCell(nn.LSTMCell):
     def forward(self, input: torch.Tensor, hx: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         if input.dim() not in (1, 2):
             raise ValueError(f"LSTMCell: expected input to be 1-D or 2-D but received {input.dim()}-D tensor")
-        batched = input.dim() == 2
-        if not batched:
-            input = input.unsqueeze(0)
         if hx is None:
-            zeros = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
-            h, c = zeros, zeros
-        else:
-            h, c = hx
-            if not batched:
-                h, c = h.unsqueeze(0), c.unsqueeze(0)
-        hy, cy = torch.ops.dll_ext.lstm_cell(input, h, c, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
-        if not batched:
-            return hy.squeeze(0), cy.squeeze(0)
-        return hy, cy
+            batch: List[int] = [input.size(0)] if input.dim() == 2 else []
+            zeros = torch.zeros(batch + [self.hidden_size], dtype=input.dtype, device=input.device)
+            hx = (zeros, zeros)
+        return lstm_cell(input, hx[0], hx[1], self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
 
 
 class LSTM(nn.RNNBase):
@@ -108,11 +101,10 @@ class LSTM(nn.RNNBase):
                 b_ih: Optional[Tensor] = w[2] if self.bias else None
                 b_hh: Optional[Tensor] = w[3] if self.bias else None
                 if batch_sizes is None:
-                    out, h, c = torch.ops.dll_ext.lstm_layer(output, hx[0][k], hx[1][k], w[0], w[1], b_ih, b_hh,
-                                                             None, direction == 1)
+                    out, h, c = lstm_layer(output, hx[0][k], hx[1][k], w[0], w[1], b_ih, b_hh, None, direction == 1)
                 else:
-                    out, h, c = torch.ops.dll_ext.lstm_layer_packed(output, batch_sizes, hx[0][k], hx[1][k], w[0],
-                                                                    w[1], b_ih, b_hh, direction == 1)
+                    out, h, c = lstm_layer_packed(output, batch_sizes, hx[0][k], hx[1][k], w[0], w[1], b_ih, b_hh,
+                                                  direction == 1)
                 outputs.append(out)
                 h_n.append(h)
                 c_n.append(c)

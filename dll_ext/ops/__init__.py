@@ -1,4 +1,6 @@
-"""Fake (meta) kernels of the dll_ext ops, and the list of ops.
+"""The dll_ext ops: one module per op family with its callable functions (which
+dll_ext.functional and dll_ext.nn call) and its fake (meta) kernels; the list of ops and
+their supported dtypes.
 
 Importing this registers, for every op, the shape-and-layout function that torch.compile,
 torch.export and opcheck run on fake tensors. C++ (csrc/library.cpp) names this module, so

@@ -1,11 +1,39 @@
-"""Fake kernels of dll_ext::conv2d_relu and dll_ext::conv2d_relu_backward.
+"""conv2d_relu: the callable op over torch.ops.dll_ext.conv2d_relu, the 'same' padding of
+its callers, and the fake kernels of dll_ext::conv2d_relu and dll_ext::conv2d_relu_backward.
 
-They state only shapes, dtypes and layouts; the argument checks live once, in C++
-(csrc/ops/conv_relu/conv_relu.cpp), and run when the real kernel does.
+The fakes state only shapes, dtypes and layouts; the argument checks live once, in C++
+(csrc/ops/conv_relu/conv_relu.cpp), and run when the real kernel does. The functions here
+are scriptable: dll_ext.nn.Conv2dReLU calls them from its forward.
 """
+from typing import List, Optional, Tuple
+
 import torch
 
 import dll_ext._loader  # noqa: F401  (the C++ library must be loaded to register fakes)
+
+
+def same_padding(kernel_size: List[int], dilation: List[int]) -> Tuple[List[int], List[int]]:
+    """The padding that keeps the spatial size at stride 1, as torch's padding='same': the
+    symmetric padding the op gets, and what must be padded onto the input first (F.pad
+    order: left, right, top, bottom). An odd total puts its extra row/column at the
+    bottom/right, which a symmetric padding cannot express."""
+    op_padding: List[int] = [0, 0]
+    input_padding: List[int] = [0, 0, 0, 0]
+    for d in range(2):
+        total = dilation[d] * (kernel_size[d] - 1)
+        op_padding[d] = total // 2
+        input_padding[3 - 2 * d] = total % 2
+    return op_padding, input_padding
+
+
+def conv2d_relu(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: List[int],
+                padding: List[int], dilation: List[int], groups: int) -> torch.Tensor:
+    """relu(conv2d(...)) of a batched (N, C, H, W) or unbatched (C, H, W) input, with the
+    op's explicit arguments (dll_ext.functional.conv2d_relu takes F.conv2d's forms)."""
+    if input.dim() == 3:
+        return torch.ops.dll_ext.conv2d_relu(input.unsqueeze(0), weight, bias, stride, padding, dilation,
+                                             groups).squeeze(0)
+    return torch.ops.dll_ext.conv2d_relu(input, weight, bias, stride, padding, dilation, groups)
 
 
 def is_channels_last(t):

@@ -1,14 +1,44 @@
-"""Fake kernels of the LSTM ops: lstm_cell, lstm_layer, lstm_layer_packed and their internal
-forward and backward ops.
+"""The LSTM ops: lstm_cell, lstm_layer and lstm_layer_packed over torch.ops.dll_ext, and the
+fake kernels of those ops and of their internal forward and backward ops.
 
-They state only shapes and dtypes; the argument checks live once, in C++
-(csrc/ops/lstm/lstm_checks.cpp, lstm_cell.cpp, lstm_layer.cpp), and run when the real kernel does.
+The fakes state only shapes and dtypes; the argument checks live once, in C++
+(csrc/ops/lstm/lstm_checks.cpp, lstm_cell.cpp, lstm_layer.cpp), and run when the real kernel
+does. The functions are scriptable: dll_ext.nn.LSTMCell and LSTM call them from forward.
 """
 import math
+from typing import Optional, Tuple
 
 import torch
+from torch import Tensor
 
 import dll_ext._loader  # noqa: F401  (the C++ library must be loaded to register fakes)
+
+
+def lstm_cell(input: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+              b_hh: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    """One step: (h', c') from input (B, input_size) and h, c (B, hidden_size), or from an
+    unbatched input (input_size,) and h, c (hidden_size,)."""
+    if input.dim() == 1:
+        hy, cy = torch.ops.dll_ext.lstm_cell(input.unsqueeze(0), h.unsqueeze(0), c.unsqueeze(0), w_ih, w_hh, b_ih,
+                                             b_hh)
+        return hy.squeeze(0), cy.squeeze(0)
+    hy, cy = torch.ops.dll_ext.lstm_cell(input, h, c, w_ih, w_hh, b_ih, b_hh)
+    return hy, cy
+
+
+def lstm_layer(input: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+               b_hh: Optional[Tensor], lengths: Optional[Tensor], reverse: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    """One layer and direction over padded (T, B, input_size) input with optional lengths
+    (CPU int64, any order): (output, h_n, c_n)."""
+    output, hy, cy = torch.ops.dll_ext.lstm_layer(input, h, c, w_ih, w_hh, b_ih, b_hh, lengths, reverse)
+    return output, hy, cy
+
+
+def lstm_layer_packed(input: Tensor, batch_sizes: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor,
+                      b_ih: Optional[Tensor], b_hh: Optional[Tensor], reverse: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    """One layer and direction over a PackedSequence's data and batch_sizes: (output, h_n, c_n)."""
+    output, hy, cy = torch.ops.dll_ext.lstm_layer_packed(input, batch_sizes, h, c, w_ih, w_hh, b_ih, b_hh, reverse)
+    return output, hy, cy
 
 
 def _state_like(input, w_hh):

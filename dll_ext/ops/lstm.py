@@ -2,7 +2,7 @@
 fake kernels of those ops and of their internal forward and backward ops.
 
 The fakes state only shapes and dtypes; the argument checks live once, in C++
-(csrc/ops/lstm/lstm_checks.cpp, lstm_cell.cpp, lstm_layer.cpp), and run when the real kernel
+(csrc/ops/lstm/lstm.cpp, lstm_cell.cpp, lstm_layer.cpp), and run when the real kernel
 does. The functions are scriptable: dll_ext.nn.LSTMCell and LSTM call them from forward.
 """
 import math

@@ -1,5 +1,6 @@
-// Argument checks shared by the LSTM ops (lstm_cell, lstm_layer, lstm_layer_packed and their
-// backward ops): each message starts with the op's name and names the argument.
+// What the LSTM ops (lstm_cell, lstm_layer, lstm_layer_packed and their backward ops) share:
+// the dtype table, the argument checks (each message starts with the op's name and names the
+// argument) and the bias row.
 #include <ATen/OpMathType.h>
 
 #include <string>

@@ -132,7 +132,8 @@ std::tuple<at::Tensor, at::Tensor> forward(const Backend& backend, const at::Ten
                                            std::optional<double> scale, double dropout_p,
                                            const OptTensor& dropout_seed) {
   constexpr const char* op = "attention";
-  Problem p = check_and_resolve(op, q, k, v, attn_mask, key_padding_mask, is_causal, scale, dropout_p, dropout_seed);
+  const Problem p =
+      check_and_resolve(op, q, k, v, attn_mask, key_padding_mask, is_causal, scale, dropout_p, dropout_seed);
   backend.check_limits(op, p, /*backward=*/false);
   const auto dtype = q.scalar_type();
   if (backend.computes_reduced_in_float && reduced_precision(dtype)) {
@@ -152,7 +153,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, OptTensor> backward(
     const OptTensor& key_padding_mask, bool is_causal, std::optional<double> scale, double dropout_p,
     const OptTensor& dropout_seed, bool mask_grad) {
   constexpr const char* op = "attention_backward";
-  Problem p = check_and_resolve(op, q, k, v, attn_mask, key_padding_mask, is_causal, scale, dropout_p, dropout_seed);
+  const Problem p =
+      check_and_resolve(op, q, k, v, attn_mask, key_padding_mask, is_causal, scale, dropout_p, dropout_seed);
   check_backward_inputs(p, q, grad_out, out, lse, mask_grad);
   backend.check_limits(op, p, /*backward=*/true);
   const auto dtype = q.scalar_type();

@@ -35,7 +35,7 @@ class LoopShape:
         return per_step * self.steps
 
 
-SHAPES = [LoopShape(64, 32, 256, 256, target=2.0), LoopShape(64, 32, 512, 512), LoopShape(64, 32, 1024, 1024)]
+SHAPES = [LoopShape(64, 32, 256, 256, target=1.6), LoopShape(64, 32, 512, 512), LoopShape(64, 32, 1024, 1024)]
 
 
 def _loop(cell: nn.Module, xs: torch.Tensor, grads: torch.Tensor):

@@ -88,10 +88,10 @@ def setup_case(shape: LayerShape, backward: bool, device: str, dtype: torch.dtyp
     return Impls(ours=run(ours), native=run(native))
 
 
-CPU_CASES = [  # (shape, backward, target)
+CPU_CASES = [  # (shape, backward, target); the targets are issue 13's
     (LayerShape(64, 32, 256, 256), False, 1.0),
     (LayerShape(64, 32, 256, 256), True, 1.0),
-    (LayerShape(64, 32, 256, 256, packed=True), True, 2.0),
+    (LayerShape(64, 32, 256, 256, packed=True), True, 3.0),
     (LayerShape(64, 32, 256, 256, layers=2, bidirectional=True), True, 1.0),
     (LayerShape(64, 32, 512, 512), True, None),
     (LayerShape(64, 32, 1024, 1024), True, None),

@@ -1,7 +1,9 @@
-"""What this dll_ext build is: versions, CUDA, CPU ISA, and the backends of each op."""
+"""What this dll_ext build is: versions, CUDA, the CPU (model, ISA, caches), and the backends
+of each op."""
 import torch
 
 from dll_ext._loader import build_config
+from dll_ext.cpu_info import cpu_info, format_caches
 from dll_ext.ops import OPS, supported_dtypes
 
 # CompositeExplicitAutograd: one kernel for every device, made of other ops (attention is
@@ -30,8 +32,7 @@ def info() -> dict:
         "cuda_archs": config.CUDA_ARCHS,
         "cuda_available": torch.cuda.is_available(),
         "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "cpu_isa": torch.backends.cpu.get_cpu_capability(),
-        "cpu_threads": torch.get_num_threads(),
+        "cpu": cpu_info(),
         "sanitized_build": config.SANITIZE,
         "ops": ops,
         "dtypes": {op: {device: [str(t).removeprefix("torch.") for t in supported_dtypes(op, device)]
@@ -40,7 +41,12 @@ def info() -> dict:
 
 
 def format_info(data: dict) -> str:
-    lines = [f"{key:22} {value}" for key, value in data.items() if key not in ("ops", "dtypes")]
+    lines = [f"{key:22} {value}" for key, value in data.items() if key not in ("cpu", "ops", "dtypes")]
+    cpu = data["cpu"]
+    lines.append("cpu:")
+    lines += [f"  {'model':22} {cpu['model']}", f"  {'isa':22} {cpu['isa']}",
+              f"  {'threads':22} {cpu['threads']} (of {cpu['logical_cpus']} logical CPUs)",
+              f"  {'caches':22} {format_caches(cpu['caches'])}"]
     lines.append("ops:")
     lines += [f"  {op:22} {', '.join(keys)}" for op, keys in data["ops"].items()]
     lines.append("dtypes:")

@@ -1,10 +1,12 @@
-"""The benchmark cases: every op has quick CPU cases, and the attention cases compare the same
-computation (timings are not checked; `dll-ext bench` reports them)."""
+"""The benchmark cases and the run record: every op has quick CPU cases, the new cases set up
+and run, and a run names the CPU it ran on (timings are not checked; `dll-ext bench` reports
+them)."""
 import pytest
 import torch
 
-from dll_ext.benchmark import attention, training_step
-from dll_ext.benchmark.harness import _as_impls
+from dll_ext import cpu_info
+from dll_ext.benchmark import attention, harness, training_step
+from dll_ext.benchmark.harness import Case, Settings, _as_impls, format_table, run_cases
 from dll_ext.benchmark.run import OPS, collect_cases
 
 pytestmark = pytest.mark.slow
@@ -52,3 +54,41 @@ def test_new_attention_cases_compare_the_same_attention(kind):
         for a, b in zip(ours, native):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     assert ours[-1].abs().sum() > 0
+
+
+def test_cpu_caches_from_sysfs(tmp_path):
+    def cache(cpu, index, level, kind, size, shared):
+        folder = tmp_path / f"cpu{cpu}" / "cache" / f"index{index}"
+        folder.mkdir(parents=True)
+        for name, value in (("level", level), ("type", kind), ("size", size), ("shared_cpu_list", shared)):
+            (folder / name).write_text(f"{value}\n")
+
+    for cpu in (0, 1):
+        cache(cpu, 0, 1, "Data", "48K", cpu)
+        cache(cpu, 1, 1, "Instruction", "32K", cpu)
+        cache(cpu, 2, 2, "Unified", "2048K", cpu)
+        cache(cpu, 3, 3, "Unified", "105M", "0-1")
+    caches = cpu_info.cpu_caches(str(tmp_path))
+    assert caches == {"L1d": {"size_kib": 48, "instances": 2, "total_kib": 96},
+                      "L2": {"size_kib": 2048, "instances": 2, "total_kib": 4096},
+                      "L3": {"size_kib": 107520, "instances": 1, "total_kib": 107520}}
+    assert cpu_info.format_caches(caches) == "L1d 48 KiB x2, L2 2 MiB x2, L3 105 MiB x1"
+    assert cpu_info.cpu_caches(str(tmp_path / "missing")) == {}
+    assert cpu_info.format_caches({}) == "unknown"
+
+
+def test_run_names_the_cpu_in_its_log_table_and_record(monkeypatch):
+    monkeypatch.setattr(harness, "steady_state_malloc", lambda: "not changed (test)")
+    case = Case(name="tiny", op="test", shape="4x4", setup=lambda: (lambda: torch.ones(4).sum(),) * 2,
+                flops=2.0 * 4**3)
+    log = []
+    run = run_cases([case], "cpu", Settings(warmup=1, rounds=3, min_sample_s=0.001), log=log.append)
+    model = cpu_info.cpu_model()
+    assert model and log[0].startswith(f"cpu: {model}, {torch.backends.cpu.get_cpu_capability()}")
+    assert any("GEMM peak" in line for line in log)
+    env = run["environment"]
+    assert env["cpu_model"] == model
+    assert env["cpu_caches"] == cpu_info.cpu_caches()
+    assert run["peak"]["float32"]["gflops"] > 0
+    foot = format_table(run).split("\n\n", 1)[1]
+    assert model in foot and "GFLOP/s" in foot

@@ -10,6 +10,7 @@ import torch
 
 import dll_ext
 from dll_ext import _loader, _toolkit
+from dll_ext.info import format_info
 
 
 def test_mismatched_torch_is_refused_naming_both_versions(monkeypatch):
@@ -60,6 +61,16 @@ def test_info_lists_versions_and_op_backends():
     assert "Meta" in data["ops"]["conv2d_relu_backward"]
     assert ("CUDA" in data["ops"]["conv2d_relu"]) == data["cuda_built"]
     assert "CompositeExplicitAutograd" in data["ops"]["attention"]
+
+
+def test_info_describes_the_cpu():
+    cpu = dll_ext.info()["cpu"]
+    assert cpu["model"] and cpu["isa"] == torch.backends.cpu.get_cpu_capability()
+    assert cpu["threads"] == torch.get_num_threads()
+    for cache in cpu["caches"].values():  # empty where sysfs does not describe them
+        assert cache["total_kib"] == cache["size_kib"] * cache["instances"] > 0
+    text = format_info(dll_ext.info())
+    assert f"  model                  {cpu['model']}" in text.splitlines()
 
 
 def test_info_command():

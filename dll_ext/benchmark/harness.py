@@ -14,7 +14,10 @@ the harness
 
 On CUDA a sample is timed with CUDA events after a synchronize, so it measures the device
 work, not the launch. The machine peak is the best GEMM rate in the case's dtype (fp32 for
-fp32 cases) on the same device, measured before and after the cases of a run.
+fp32 cases) on the same device, measured before and after the cases of a run. The run's log
+and table name the CPU (model, ISA, caches; dll_ext.cpu_info) and the peak, and its record's
+"environment" keeps them (cpu_model, cpu_isa, cpu_caches), so that figures from different
+machine classes can be told apart.
 """
 import gc
 import json
@@ -27,6 +30,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+
+from dll_ext.cpu_info import cpu_info, describe, format_caches
 
 Fn = Callable[[], Any]
 _MIB = 1 << 20
@@ -251,9 +256,11 @@ def steady_state_malloc() -> str:
 
 
 def _environment(device: torch.device) -> Dict[str, Any]:
+    cpu = cpu_info()
     env = {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
-           "processor": platform.processor() or None, "cpu_isa": torch.backends.cpu.get_cpu_capability(),
-           "cpu_threads": torch.get_num_threads(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+           "processor": platform.processor() or None, "cpu_model": cpu["model"], "cpu_isa": cpu["isa"],
+           "cpu_caches": cpu["caches"], "cpu_logical": cpu["logical_cpus"], "cpu_threads": cpu["threads"],
+           "time": time.strftime("%Y-%m-%d %H:%M:%S")}
     env["allocator_env"] = {k: v for k, v in os.environ.items()
                             if k.startswith("MALLOC_") or k in ("LD_PRELOAD", "OMP_NUM_THREADS")}
     if hasattr(os, "getloadavg"):  # other load on the machine skews the figures; record it
@@ -288,6 +295,9 @@ def run_cases(cases: Sequence[Case], device: Union[str, torch.device], settings:
     higher of the two is the peak: on a shared machine other load only ever lowers it).
     Returns the run record."""
     device = torch.device(device)
+    log(f"cpu: {describe(cpu_info())}")
+    if device.type == "cuda":
+        log(f"cuda: {torch.cuda.get_device_name(device)}")
     malloc = steady_state_malloc() if device.type == "cpu" else "not changed (CUDA run)"
     log(f"malloc: {malloc}")
     load_start = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
@@ -365,7 +375,11 @@ def format_table(run: Dict[str, Any]) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     env = run["environment"]
-    where = env.get("cuda_device") or f"{env.get('processor') or env['machine']} {env['cpu_isa']}, {env['cpu_threads']} threads"
+    model = env.get("cpu_model") or env.get("processor") or env["machine"]
+    cpu = f"{model}, {env['cpu_isa']}, {env['cpu_threads']} threads"
+    if env.get("cpu_caches"):
+        cpu += f", caches {format_caches(env['cpu_caches'])}"
+    where = f"{env['cuda_device']}; host {cpu}" if env.get("cuda_device") else cpu
     peaks = ", ".join(f"{k} {v['gflops']:.1f} GFLOP/s ({v['gemm']} GEMM, {v['method']}, higher of before/after"
                       + (f", tf32={v['tf32']}" if v.get("tf32") is not None else "") + ")"
                       for k, v in run["peak"].items())

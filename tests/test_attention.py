@@ -127,6 +127,62 @@ def test_fully_padded_key_blocks_are_skipped_correctly():
     assert torch.all(gk[:, :, 100:] == 0) and torch.all(gv[:, :, 100:] == 0)
 
 
+def cpu_tiles(keys, element_size):
+    return torch.ops.dll_ext._attention_cpu_tiles(keys, element_size)
+
+
+def test_cpu_tiles_follow_the_keys_in_equal_whole_steps():
+    for element_size in (4, 8):
+        queries, widest = cpu_tiles(1 << 20, element_size)
+        assert queries == 64 and widest % 16 == 0 and widest >= 128
+        for keys in (1, 15, 16, 100, widest - 1, widest, widest + 1, 3 * widest + 5):
+            rows, width = cpu_tiles(keys, element_size)
+            count = -(-keys // width)
+            assert rows == queries and width % 16 == 0 and keys <= count * width
+            # No tile is wider than room allows, and the tiles are equal to within a step of 16.
+            assert width <= max(widest, -(-keys // 16) * 16) and count * width - keys < 16 * count
+    assert cpu_tiles(0, 4) == [64, 16]
+    with pytest.raises(ValueError, match="element_size"):
+        cpu_tiles(10, 0)
+
+
+def several_key_tiles():
+    """A key count that this CPU's float64 kernels split into at least three tiles."""
+    keys = 3 * cpu_tiles(1 << 20, 8)[1] + 37
+    assert -(-keys // cpu_tiles(keys, 8)[1]) >= 3
+    return keys
+
+
+@pytest.mark.parametrize("dropout_p", [0.0, 0.3])
+@pytest.mark.parametrize("mask", ["none", "causal", "bool_BHLS", "float_1HLS", "padding_causal", "middle_padding",
+                                  "bool_band"])
+def test_several_key_tiles_match_reference(mask, dropout_p):
+    # The online softmax across tiles, tiles trimmed at both ends and tiles skipped whole,
+    # forward and backward, on whatever tile width this CPU's cache gives.
+    B, H, L, S, E = 1, 2, 70, several_key_tiles(), 8
+    q, k, v = qkv(B, H, L, S, E, E)
+    if mask == "middle_padding":  # a padded run inside the key range, across a tile boundary
+        attn_mask, causal = None, False
+        padding = torch.zeros(B, S, dtype=torch.bool)
+        padding[:, S // 3: 2 * S // 3] = True
+    elif mask == "bool_band":  # whole tiles and the ends of others that no query may see
+        allowed = torch.zeros(L, S, dtype=torch.bool)
+        allowed[:, S // 5: S // 2] = True
+        attn_mask, padding, causal = allowed, None, False
+    else:
+        attn_mask, padding, causal = masks(mask, B, H, L, S, torch.float64)
+    out = torch.ops.dll_ext.attention(q, k, v, attn_mask, padding, causal, None, dropout_p, SEED)
+    if dropout_p:
+        expected = dropout_reference(q, k, v, dropout_p, SEED.item(), attn_mask, padding, causal)
+    else:
+        expected = reference(q, k, v, attn_mask, padding, causal)
+    assert max_err(out, expected) <= 1e-10
+    inputs = [q, k, v] + ([attn_mask] if attn_mask is not None and attn_mask.requires_grad else [])
+    grad = torch.randn_like(out)
+    for a, e in zip(torch.autograd.grad(out, inputs, grad), torch.autograd.grad(expected, inputs, grad)):
+        assert max_err(a, e) <= 1e-9 * max(1.0, e.abs().max().item())
+
+
 def test_three_dimensional_inputs_float_padding_and_mask_dtype():
     q, k, v = [t[:, 0] for t in qkv(2, 1, 5, 6, 4, 4, dtype=torch.float32)]
     additive_padding = torch.zeros(2, 6).masked_fill(torch.tensor([[0, 0, 0, 0, 1, 1]] * 2, dtype=torch.bool), float("-inf"))

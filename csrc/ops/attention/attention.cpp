@@ -198,4 +198,11 @@ TORCH_LIBRARY_FRAGMENT(dll_ext, m) {
       "attention_backward(Tensor grad_out, Tensor query, Tensor key, Tensor value, Tensor out, "
       "Tensor lse, Tensor? attn_mask, Tensor? key_padding_mask, bool is_causal, float? scale, "
       "float dropout_p, Tensor? dropout_seed, bool mask_grad) -> (Tensor, Tensor, Tensor, Tensor?)");
+  // [query rows, keys] of the CPU kernels' tile for `keys` keys of element_size bytes on this
+  // CPU: what `dll-ext info` shows and the tests cover.
+  m.def("_attention_cpu_tiles(int keys, int element_size) -> int[]", [](int64_t keys, int64_t element_size) {
+    TORCH_CHECK_VALUE(keys >= 0 && element_size > 0, "_attention_cpu_tiles: keys must be >= 0 and element_size > 0");
+    const auto tiles = dll_ext::attention::cpu_tiles(keys, element_size);
+    return std::vector<int64_t>{tiles.queries, tiles.keys};
+  });
 }

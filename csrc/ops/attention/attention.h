@@ -46,6 +46,13 @@ struct Backend {
 
 using OptTensor = std::optional<at::Tensor>;
 
+// The CPU kernels' tile: `queries` query rows by at most `keys` keys, for a problem with
+// `keys` keys of element_size bytes on this CPU (attention_cpu.cpp).
+struct CpuTiles {
+  int64_t queries, keys;
+};
+CpuTiles cpu_tiles(int64_t keys, int64_t element_size);
+
 // The ops _attention_forward (out, lse) and attention_backward (grad_q, grad_k, grad_v,
 // grad_mask summed to attn_mask's shape) on a backend.
 std::tuple<at::Tensor, at::Tensor> forward(const Backend& backend, const at::Tensor& q, const at::Tensor& k,

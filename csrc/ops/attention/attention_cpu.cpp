@@ -1,10 +1,12 @@
 // CPU kernels of the attention ops (float32 and float64; attention.cpp runs bfloat16 and
-// float16 through float32). Work is cut into tiles of kQueryBlock queries by kKeyBlock
-// keys; the GEMMs of a tile call BLAS directly (common/blas.h), without the dispatcher's
-// per-call cost. Tiles whose every score is masked (above the causal diagonal, all keys
-// padded, an all-False block of a boolean mask) are skipped before their GEMM. Forward is
-// parallel over (batch, head, query block); backward over (batch, head), so that each task
-// owns the key and value gradients it accumulates.
+// float16 through float32). Work is cut into tiles of queries by keys whose size comes from
+// this CPU's L2 cache (cpu_tiles): the wider the key tile, the larger and faster the GEMMs,
+// as long as a tile's scores stay in L2. The GEMMs of a tile call BLAS directly
+// (common/blas.h), without the dispatcher's per-call cost. A tile's keys are trimmed to those
+// some query of the tile may see (before the causal bound, not padded, allowed by a boolean
+// mask somewhere in the tile) before its GEMMs, and a tile with none left is skipped.
+// Forward is parallel over (batch, head, query block); backward over (batch, head), so that
+// each task owns the key and value gradients it accumulates.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -14,6 +16,7 @@
 #include <vector>
 
 #include "common/blas.h"
+#include "common/cpu_caches.h"
 #include "common/host_device.h"
 #include "common/registration.h"
 #include "ops/attention/attention.h"
@@ -25,8 +28,12 @@ namespace {
 using blas::gemm;
 constexpr bool kNoTranspose = false, kTranspose = true;
 
-constexpr int64_t kQueryBlock = 64;
-constexpr int64_t kKeyBlock = 128;
+// Keys of a tile that some of its queries may see: [first, first + count); `padded` if the
+// key padding hides some of them still.
+struct KeyRange {
+  int64_t first, count;
+  bool padded;
+};
 
 // The masks of one row of scores, in place: an additive mask is added, disallowed (bool
 // False), padded and causally excluded scores become -inf. Mask pointers are at the row's
@@ -63,9 +70,10 @@ struct Call {
   const T* add_mask = nullptr;
   std::array<int64_t, 4> mask_strides{};
   const bool* padding = nullptr;
+  CpuTiles tiles;
 
   Call(const Problem& problem, const at::Tensor& q_, const at::Tensor& k_, const at::Tensor& v_)
-      : p(problem), q(q_), k(k_), v(v_) {
+      : p(problem), q(q_), k(k_), v(v_), tiles(cpu_tiles(problem.keys, sizeof(T))) {
     if (p.attn.defined()) {
       for (int d = 0; d < 4; ++d) mask_strides[d] = p.attn.stride(d);
       if (p.attn.scalar_type() != at::kBool) {
@@ -94,42 +102,50 @@ struct Call {
     return b * mask_strides[0] + h * mask_strides[1] + i * mask_strides[2] + j * mask_strides[3];
   }
 
-  // Whether every score of the tile is masked, decided without computing it.
-  bool tile_masked(int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t j0, int64_t cols) const {
-    if (p.causal && j0 >= causal_key_limit(i0 + rows - 1)) return true;
-    if (padding) {
-      const bool* pad = padding + b * p.keys + j0;
-      bool all = true;
-      for (int64_t c = 0; c < cols && all; ++c) all = pad[c];
-      if (all) return true;
-    }
-    if (allowed) {
-      for (int64_t r = 0; r < rows; ++r) {
-        for (int64_t c = 0; c < cols; ++c) {
-          if (allowed[mask_offset(b, h, i0 + r, j0 + c)]) return false;
-        }
-      }
-      return true;
+  // Whether query i0 + r of the tile may see key j under the boolean mask, for some r < rows.
+  bool key_allowed(int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t j) const {
+    for (int64_t r = 0; r < rows; ++r) {
+      if (allowed[mask_offset(b, h, i0 + r, j)]) return true;
     }
     return false;
   }
 
-  // scores (rows x cols, leading dimension kKeyBlock) = scale * q k^T, without the masks.
+  // The keys among [j0, j0 + cols) that some of the tile's queries may see, trimmed from both
+  // ends without computing a score: count 0 when the whole tile is masked.
+  KeyRange visible_keys(int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t j0, int64_t cols) const {
+    int64_t lo = j0, hi = j0 + cols;
+    if (p.causal) hi = std::min(hi, causal_key_limit(i0 + rows - 1));
+    const bool* pad = padding ? padding + b * p.keys : nullptr;
+    if (pad) {
+      while (lo < hi && pad[lo]) ++lo;
+      while (hi > lo && pad[hi - 1]) --hi;
+    }
+    if (allowed) {
+      while (lo < hi && !key_allowed(b, h, i0, rows, lo)) ++lo;
+      while (hi > lo && !key_allowed(b, h, i0, rows, hi - 1)) --hi;
+    }
+    // Padding at the end of the keys, the common case, is all trimmed: no row pass needed.
+    const bool padded = pad && std::any_of(pad + lo, pad + std::max(lo, hi), [](bool x) { return x; });
+    return {lo, std::max<int64_t>(hi - lo, 0), padded};
+  }
+
+  // scores (rows x cols, leading dimension tiles.keys) = scale * q k^T, without the masks.
   void scores(int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t j0, int64_t cols, T* s) const {
     // Row-major S = Q K^T is column-major S^T = K Q^T.
     gemm(kTranspose, kNoTranspose, cols, rows, p.head_dim, static_cast<T>(p.scale),
-         head_rows(k, b, h, j0), k.stride(2), head_rows(q, b, h, i0), q.stride(2), T(0), s, kKeyBlock);
+         head_rows(k, b, h, j0), k.stride(2), head_rows(q, b, h, i0), q.stride(2), T(0), s, tiles.keys);
   }
 
-  // The masks of query i's scores of keys [j0, j0 + cols), in place: masked scores become -inf,
+  // The masks of query i's scores of the tile's keys, in place: masked scores become -inf,
   // an additive mask is added. Applied row by row, just before the row's softmax pass, so that
   // the row is still in L1 for it (a whole tile is not).
-  void mask(int64_t b, int64_t h, int64_t i, int64_t j0, int64_t cols, T* row) const {
+  void mask(int64_t b, int64_t h, int64_t i, const KeyRange& keys, T* row) const {
+    const int64_t j0 = keys.first, cols = keys.count;
     const int64_t at = mask_offset(b, h, i, j0);
     // Keys after the query's position are masked under is_causal (top-left aligned).
     const int64_t causal_from = p.causal ? std::clamp<int64_t>(causal_key_limit(i) - j0, 0, cols) : cols;
     mask_row(row, cols, bool_mask ? bool_mask + at : nullptr, add_mask ? add_mask + at : nullptr, mask_strides[3],
-             padding ? padding + b * p.keys + j0 : nullptr, causal_from);
+             keys.padded ? padding + b * p.keys + j0 : nullptr, causal_from);
   }
 };
 
@@ -214,28 +230,30 @@ DLL_CPU_CLONES void score_gradient_row(T* __restrict__ dp, const T* __restrict__
 template <typename T>
 void forward_kernel(const Call<T>& call, at::Tensor& out, at::Tensor& lse) {
   const Problem& p = call.p;
-  const int64_t query_blocks = (p.queries + kQueryBlock - 1) / kQueryBlock;
+  const int64_t query_block = call.tiles.queries, key_block = call.tiles.keys;
+  const int64_t query_blocks = (p.queries + query_block - 1) / query_block;
   T* out_data = out.data_ptr<T>();
   T* lse_data = lse.data_ptr<T>();
   const Dropout& drop = p.dropout;
   const T keep_scale = static_cast<T>(drop.keep_scale);
   at::parallel_for(0, p.batch * p.heads * query_blocks, 1, [&](int64_t first, int64_t last) {
-    std::vector<T> s(kQueryBlock * kKeyBlock);
-    std::vector<RowSoftmax<T>> softmax(kQueryBlock);
+    std::vector<T> s(query_block * key_block);
+    std::vector<RowSoftmax<T>> softmax(query_block);
     for (int64_t task = first; task < last; ++task) {
       const int64_t bh = task / query_blocks, b = bh / p.heads, h = bh % p.heads;
-      const int64_t i0 = (task % query_blocks) * kQueryBlock, rows = std::min(kQueryBlock, p.queries - i0);
+      const int64_t i0 = (task % query_blocks) * query_block, rows = std::min(query_block, p.queries - i0);
       // The output rows accumulate the unnormalised sum of probabilities times values.
       T* acc = out_data + (bh * p.queries + i0) * p.value_dim;
       std::fill(acc, acc + rows * p.value_dim, T(0));
       std::fill(softmax.begin(), softmax.end(), RowSoftmax<T>{});
-      for (int64_t j0 = 0; j0 < p.keys; j0 += kKeyBlock) {
-        const int64_t cols = std::min(kKeyBlock, p.keys - j0);
-        if (call.tile_masked(b, h, i0, rows, j0, cols)) continue;
+      for (int64_t tile = 0; tile < p.keys; tile += key_block) {
+        const KeyRange keys = call.visible_keys(b, h, i0, rows, tile, std::min(key_block, p.keys - tile));
+        const int64_t j0 = keys.first, cols = keys.count;
+        if (cols == 0) continue;
         call.scores(b, h, i0, rows, j0, cols, s.data());
         for (int64_t r = 0; r < rows; ++r) {
-          T* row = s.data() + r * kKeyBlock;
-          call.mask(b, h, i0 + r, j0, cols, row);
+          T* row = s.data() + r * key_block;
+          call.mask(b, h, i0 + r, keys, row);
           const T shrink = softmax_update(row, cols, softmax[r]);
           // Dropout acts on the probabilities after their sum is taken: the softmax's
           // normaliser is that of the undropped row.
@@ -249,7 +267,7 @@ void forward_kernel(const Call<T>& call, at::Tensor& out, at::Tensor& lse) {
         }
         // Row-major acc += P V is column-major acc^T += V^T P^T.
         gemm(kNoTranspose, kNoTranspose, p.value_dim, rows, cols, T(1),
-             call.head_rows(call.v, b, h, j0), call.v.stride(2), s.data(), kKeyBlock, T(1), acc, p.value_dim);
+             call.head_rows(call.v, b, h, j0), call.v.stride(2), s.data(), key_block, T(1), acc, p.value_dim);
       }
       for (int64_t r = 0; r < rows; ++r) {
         const T inverse = softmax[r].output_scale();
@@ -275,14 +293,15 @@ void backward_kernel(const Call<T>& call, const at::Tensor& grad_out, const at::
   const T scale = static_cast<T>(p.scale);
   const Dropout& drop = p.dropout;
   const T keep_scale = static_cast<T>(drop.keep_scale);
+  const int64_t query_block = call.tiles.queries, key_block = call.tiles.keys;
   at::parallel_for(0, p.batch * p.heads, 1, [&](int64_t first, int64_t last) {
     // With dropout, O = (P Z) V: dV takes P Z (in `dropped`).
-    std::vector<T> s(kQueryBlock * kKeyBlock), dp(kQueryBlock * kKeyBlock), delta(kQueryBlock);
-    std::vector<T> dropped(drop.active ? kQueryBlock * kKeyBlock : 0);
+    std::vector<T> s(query_block * key_block), dp(query_block * key_block), delta(query_block);
+    std::vector<T> dropped(drop.active ? query_block * key_block : 0);
     for (int64_t bh = first; bh < last; ++bh) {
       const int64_t b = bh / p.heads, h = bh % p.heads;
-      for (int64_t i0 = 0; i0 < p.queries; i0 += kQueryBlock) {
-        const int64_t rows = std::min(kQueryBlock, p.queries - i0);
+      for (int64_t i0 = 0; i0 < p.queries; i0 += query_block) {
+        const int64_t rows = std::min(query_block, p.queries - i0);
         const int64_t q_row = (bh * p.queries + i0);
         const T* dout_i = dout + q_row * p.value_dim;
         // delta_i = sum_e dO_ie O_ie, the row's term of the softmax's backward.
@@ -291,15 +310,16 @@ void backward_kernel(const Call<T>& call, const at::Tensor& grad_out, const at::
           for (int64_t e = 0; e < p.value_dim; ++e) acc += dout_i[r * p.value_dim + e] * o[(q_row + r) * p.value_dim + e];
           delta[r] = acc;
         }
-        for (int64_t j0 = 0; j0 < p.keys; j0 += kKeyBlock) {
-          const int64_t cols = std::min(kKeyBlock, p.keys - j0);
-          if (call.tile_masked(b, h, i0, rows, j0, cols)) continue;
+        for (int64_t tile = 0; tile < p.keys; tile += key_block) {
+          const KeyRange keys = call.visible_keys(b, h, i0, rows, tile, std::min(key_block, p.keys - tile));
+          const int64_t j0 = keys.first, cols = keys.count;
+          if (cols == 0) continue;
           call.scores(b, h, i0, rows, j0, cols, s.data());
           for (int64_t r = 0; r < rows; ++r) {
-            call.mask(b, h, i0 + r, j0, cols, s.data() + r * kKeyBlock);
-            probabilities_row(s.data() + r * kKeyBlock, cols, lse_data[q_row + r]);
+            call.mask(b, h, i0 + r, keys, s.data() + r * key_block);
+            probabilities_row(s.data() + r * key_block, cols, lse_data[q_row + r]);
             if (drop.active) {
-              dropout_row_apply(dropped.data() + r * kKeyBlock, s.data() + r * kKeyBlock, cols,
+              dropout_row_apply(dropped.data() + r * key_block, s.data() + r * key_block, cols,
                                 dropout_row(drop.seed, q_row + r), j0, drop.threshold, keep_scale);
             }
           }
@@ -307,34 +327,51 @@ void backward_kernel(const Call<T>& call, const at::Tensor& grad_out, const at::
           const int64_t k_row = bh * p.keys + j0;
           // dV_j += P^T dO_i (column-major: dV^T += dO^T P).
           gemm(kNoTranspose, kTranspose, p.value_dim, cols, rows, T(1), dout_i,
-               p.value_dim, kept, kKeyBlock, T(1), dv + k_row * p.value_dim, p.value_dim);
+               p.value_dim, kept, key_block, T(1), dv + k_row * p.value_dim, p.value_dim);
           // dP = dO_i V_j^T (column-major: dP^T = V dO^T).
           gemm(kTranspose, kNoTranspose, cols, rows, p.value_dim, T(1),
-               call.head_rows(call.v, b, h, j0), call.v.stride(2), dout_i, p.value_dim, T(0), dp.data(), kKeyBlock);
+               call.head_rows(call.v, b, h, j0), call.v.stride(2), dout_i, p.value_dim, T(0), dp.data(), key_block);
           // dS in place of dP.
           for (int64_t r = 0; r < rows; ++r) {
-            T* d = dp.data() + r * kKeyBlock;
+            T* d = dp.data() + r * key_block;
             if (drop.active) {
-              score_gradient_row(d, s.data() + r * kKeyBlock, cols, delta[r], dropout_row(drop.seed, q_row + r), j0,
+              score_gradient_row(d, s.data() + r * key_block, cols, delta[r], dropout_row(drop.seed, q_row + r), j0,
                                  drop.threshold, keep_scale);
             } else {
-              score_gradient_row(d, s.data() + r * kKeyBlock, cols, delta[r]);
+              score_gradient_row(d, s.data() + r * key_block, cols, delta[r]);
             }
             if (dmask) mask_gradient_row(dmask + ((bh * p.queries + i0 + r) * p.keys + j0), d, cols);
           }
           // dQ_i += scale dS K_j (column-major: dQ^T += K^T dS^T).
           gemm(kNoTranspose, kNoTranspose, p.head_dim, rows, cols, scale,
-               call.head_rows(call.k, b, h, j0), call.k.stride(2), dp.data(), kKeyBlock, T(1),
+               call.head_rows(call.k, b, h, j0), call.k.stride(2), dp.data(), key_block, T(1),
                dq + q_row * p.head_dim, p.head_dim);
           // dK_j += scale dS^T Q_i (column-major: dK^T += Q^T dS).
           gemm(kNoTranspose, kTranspose, p.head_dim, cols, rows, scale,
-               call.head_rows(call.q, b, h, i0), call.q.stride(2), dp.data(), kKeyBlock, T(1),
+               call.head_rows(call.q, b, h, i0), call.q.stride(2), dp.data(), key_block, T(1),
                dk + k_row * p.head_dim, p.head_dim);
         }
       }
     }
   });
 }
+
+}  // namespace
+
+CpuTiles cpu_tiles(int64_t keys, int64_t element_size) {
+  // 64 query rows, as PyTorch's CPU flash attention takes for L = 512: the GEMMs' M.
+  constexpr int64_t kQueries = 64, kAlign = 16, kNarrowest = 128;
+  // The backward holds three score tiles (probabilities, their gradient, the dropped
+  // probabilities); they get half of L2, BLAS's packed panels of K and V the other half.
+  const int64_t l2 = cpu_caches().l2 > 0 ? cpu_caches().l2 : int64_t(512) << 10;
+  const int64_t widest = std::max(kNarrowest, l2 / 2 / (3 * kQueries * element_size) / kAlign * kAlign);
+  // Equal tiles: 512 keys with room for 336 are two tiles of 256, not 336 and 176.
+  const int64_t count = std::max<int64_t>(1, (keys + widest - 1) / widest);
+  const int64_t width = ((keys + count - 1) / count + kAlign - 1) / kAlign * kAlign;
+  return {kQueries, std::max(width, kAlign)};
+}
+
+namespace {
 
 void forward_cpu(const Problem& p, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out,
                  at::Tensor& lse) {

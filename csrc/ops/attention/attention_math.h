@@ -97,10 +97,11 @@ DLL_HOST_DEVICE T probability(T score, T lse) {
   return score == kNegInf<T> || lse == kInf<T> ? T(0) : fast_exp(score - lse);
 }
 
-// Z of an element under active dropout (the product, not a select, keeps CPU loops vector code).
+// Z of an element under active dropout. A select: GCC does not vectorise the product of a
+// bool converted to float, and the CPU loops that call this must be vector code.
 template <typename T>
 DLL_HOST_DEVICE T dropout_factor(DropoutRow row, int64_t key, uint32_t threshold, T keep_scale) {
-  return static_cast<T>(dropout_keeps(row, key, threshold)) * keep_scale;
+  return dropout_keeps(row, key, threshold) ? keep_scale : T(0);
 }
 
 // The gradient of a score, dS = P (Z dP - delta), from dP = dO . v (the gradient reaching

@@ -57,6 +57,7 @@ def masks(kind, B, H, L, S, dtype):
         "float_LS": (additive[0, 0].requires_grad_(), None, False),
         "float_BHLS": (additive.requires_grad_(), None, False),
         "float_1HLS": (additive[:1].detach().requires_grad_(), None, False),
+        "float_B1LS": (additive[:, :1].detach().requires_grad_(), None, False),
         "padding": (None, padding, False),
         "padding_causal": (None, padding, True),
         "bool_padding_causal": (allowed, padding, True),
@@ -65,7 +66,7 @@ def masks(kind, B, H, L, S, dtype):
 
 
 SHAPES = [(1, 1, 1, 1, 1, 1), (2, 3, 5, 7, 4, 6), (1, 2, 130, 300, 16, 8), (2, 1, 64, 64, 8, 8), (1, 1, 129, 129, 3, 5)]
-MASKS = ["none", "causal", "bool_LS", "bool_B1LS", "bool_BHLS", "float_LS", "float_BHLS", "float_1HLS", "padding",
+MASKS = ["none", "causal", "bool_LS", "bool_B1LS", "bool_BHLS", "float_LS", "float_BHLS", "float_1HLS", "float_B1LS", "padding",
          "padding_causal", "bool_padding_causal", "float_padding_causal"]
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5}
 
@@ -133,15 +134,16 @@ def cpu_tiles(keys, element_size):
 
 def test_cpu_tiles_follow_the_keys_in_equal_whole_steps():
     for element_size in (4, 8):
-        queries, widest = cpu_tiles(1 << 20, element_size)
-        assert queries == 64 and widest % 16 == 0 and widest >= 128
+        _, widest = cpu_tiles(1 << 20, element_size)
+        assert widest % 16 == 0 and widest >= 128
         for keys in (1, 15, 16, 100, widest - 1, widest, widest + 1, 3 * widest + 5):
             rows, width = cpu_tiles(keys, element_size)
             count = -(-keys // width)
-            assert rows == queries and width % 16 == 0 and keys <= count * width
-            # No tile is wider than room allows, and the tiles are equal to within a step of 16.
-            assert width <= max(widest, -(-keys // 16) * 16) and count * width - keys < 16 * count
-    assert cpu_tiles(0, 4) == [64, 16]
+            assert rows in (64, 128) and width % 16 == 0
+            # Equal tiles to within a step of 16 keys; one tile while the keys fit in one.
+            assert keys <= count * width < keys + 16 * count
+            assert count == 1 or keys > widest
+    assert cpu_tiles(0, 4)[1] == 16
     with pytest.raises(ValueError, match="element_size"):
         cpu_tiles(10, 0)
 

@@ -169,9 +169,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, OptTensor> backward(
   at::Tensor grad_q = at::zeros({p.batch, p.heads, p.queries, p.head_dim}, q.options());
   at::Tensor grad_k = at::zeros({p.batch, p.heads, p.keys, p.head_dim}, q.options());
   at::Tensor grad_v = at::zeros({p.batch, p.heads, p.keys, p.value_dim}, q.options());
-  at::Tensor grad_mask = mask_grad ? at::zeros({p.batch, p.heads, p.queries, p.keys},
-                                               q.options().dtype(accumulation_dtype(dtype)))
-                                   : at::Tensor();
+  at::Tensor grad_mask;
+  if (mask_grad) {
+    const auto [batch, heads] = backend.mask_grad_extent(p);
+    grad_mask = at::zeros({batch, heads, p.queries, p.keys}, q.options().dtype(accumulation_dtype(dtype)));
+  }
   if (p.batch * p.heads * p.queries > 0 && p.keys > 0) {
     backend.backward(p, grad_out.contiguous(), rows_addressable(q), rows_addressable(k), rows_addressable(v),
                      out.contiguous(), lse.contiguous(), grad_q, grad_k, grad_v, grad_mask);

@@ -10,6 +10,7 @@
 
 #include <ATen/ATen.h>
 
+#include <array>
 #include <optional>
 #include <tuple>
 
@@ -37,8 +38,11 @@ struct Backend {
   // Writes out and lse. q, k and v have addressable rows (rows_addressable).
   void (*forward)(const Problem& p, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                   at::Tensor& out, at::Tensor& lse);
-  // Writes grad_q, grad_k, grad_v and, when defined, grad_mask (B, H, L, S) in the
-  // accumulation type; grad_out, out and lse are contiguous.
+  // The (batch, heads) sizes of the float mask's gradient buffer the backward fills: (B, H),
+  // or 1 along a dimension the mask broadcasts over and the kernel sums over itself.
+  std::array<int64_t, 2> (*mask_grad_extent)(const Problem& p);
+  // Writes grad_q, grad_k, grad_v and, when defined, adds to grad_mask (zeros of
+  // (mask_grad_extent, L, S)) in the accumulation type; grad_out, out and lse are contiguous.
   void (*backward)(const Problem& p, const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
                    const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse, at::Tensor& grad_q,
                    at::Tensor& grad_k, at::Tensor& grad_v, at::Tensor& grad_mask);

@@ -207,10 +207,11 @@ DLL_CPU_CLONES void dropout_row_apply(T* dst, const T* src, int64_t cols, Dropou
   for (int64_t c = 0; c < cols; ++c) dst[c] = src[c] * dropout_factor(row, first_key + c, threshold, keep_scale);
 }
 
-// The float mask's gradient of a row, from its dS.
+// The float mask's gradient of a row, from its dS, added to what other heads or batch
+// elements that share the mask element gave.
 template <typename T>
 DLL_CPU_CLONES void mask_gradient_row(T* __restrict__ dmask, const T* __restrict__ ds, int64_t cols) {
-  for (int64_t c = 0; c < cols; ++c) dmask[c] = mask_gradient(ds[c]);
+  for (int64_t c = 0; c < cols; ++c) dmask[c] += mask_gradient(ds[c]);
 }
 
 // dS in place of dP, without dropout (Z = 1) or with it; with a float mask, its gradient too.
@@ -294,12 +295,15 @@ void backward_kernel(const Call<T>& call, const at::Tensor& grad_out, const at::
   const Dropout& drop = p.dropout;
   const T keep_scale = static_cast<T>(drop.keep_scale);
   const int64_t query_block = call.tiles.queries, key_block = call.tiles.keys;
-  at::parallel_for(0, p.batch * p.heads, 1, [&](int64_t first, int64_t last) {
+  // A task is one slice of the mask's gradient (mask_grad_extent): the (batch, head) pairs
+  // that sum into it run in one task, one after the other, so no two tasks write one element.
+  const int64_t grad_batch = dmask ? grad_mask.size(0) : p.batch, grad_heads = dmask ? grad_mask.size(1) : p.heads;
+  at::parallel_for(0, grad_batch * grad_heads, 1, [&](int64_t first, int64_t last) {
     // With dropout, O = (P Z) V: dV takes P Z (in `dropped`).
     std::vector<T> s(query_block * key_block), dp(query_block * key_block), delta(query_block);
     std::vector<T> dropped(drop.active ? query_block * key_block : 0);
-    for (int64_t bh = first; bh < last; ++bh) {
-      const int64_t b = bh / p.heads, h = bh % p.heads;
+    const auto head = [&](int64_t b, int64_t h, T* dmask_slice) {
+      const int64_t bh = b * p.heads + h;
       for (int64_t i0 = 0; i0 < p.queries; i0 += query_block) {
         const int64_t rows = std::min(query_block, p.queries - i0);
         const int64_t q_row = (bh * p.queries + i0);
@@ -340,7 +344,7 @@ void backward_kernel(const Call<T>& call, const at::Tensor& grad_out, const at::
             } else {
               score_gradient_row(d, s.data() + r * key_block, cols, delta[r]);
             }
-            if (dmask) mask_gradient_row(dmask + ((bh * p.queries + i0 + r) * p.keys + j0), d, cols);
+            if (dmask_slice) mask_gradient_row(dmask_slice + ((i0 + r) * p.keys + j0), d, cols);
           }
           // dQ_i += scale dS K_j (column-major: dQ^T += K^T dS^T).
           gemm(kNoTranspose, kNoTranspose, p.head_dim, rows, cols, scale,
@@ -352,6 +356,15 @@ void backward_kernel(const Call<T>& call, const at::Tensor& grad_out, const at::
                dk + k_row * p.head_dim, p.head_dim);
         }
       }
+    };
+    for (int64_t slice = first; slice < last; ++slice) {
+      const int64_t sb = slice / grad_heads, sh = slice % grad_heads;
+      T* dmask_slice = dmask ? dmask + slice * p.queries * p.keys : nullptr;
+      // A slice of size 1 along batch or heads takes every batch element or head.
+      const bool all_b = grad_batch != p.batch, all_h = grad_heads != p.heads;
+      for (int64_t b = all_b ? 0 : sb; b < (all_b ? p.batch : sb + 1); ++b) {
+        for (int64_t h = all_h ? 0 : sh; h < (all_h ? p.heads : sh + 1); ++h) head(b, h, dmask_slice);
+      }
     }
   });
 }
@@ -359,16 +372,21 @@ void backward_kernel(const Call<T>& call, const at::Tensor& grad_out, const at::
 }  // namespace
 
 CpuTiles cpu_tiles(int64_t keys, int64_t element_size) {
-  // 64 query rows, as PyTorch's CPU flash attention takes for L = 512: the GEMMs' M.
-  constexpr int64_t kQueries = 64, kAlign = 16, kNarrowest = 128;
+  constexpr int64_t kAlign = 16, kNarrowest = 128, kPreferredKeys = 512, kFewestRows = 64, kMostRows = 128;
   // The backward holds three score tiles (probabilities, their gradient, the dropped
-  // probabilities); they get half of L2, BLAS's packed panels of K and V the other half.
+  // probabilities); they get half of L2, BLAS's packed panels of K, V and Q the other half.
   const int64_t l2 = cpu_caches().l2 > 0 ? cpu_caches().l2 : int64_t(512) << 10;
-  const int64_t widest = std::max(kNarrowest, l2 / 2 / (3 * kQueries * element_size) / kAlign * kAlign);
+  const int64_t room = l2 / 2 / (3 * element_size);  // elements of one tile
+  // Query rows are the M (or K) of every GEMM: as many as fit beside up to 512 keys (PyTorch's
+  // CPU flash attention's key block), 64 to 128; the keys take the rest of the room.
+  const int64_t wanted_keys = std::clamp((keys + kAlign - 1) / kAlign * kAlign, kAlign, kPreferredKeys);
+  int64_t rows = kFewestRows;
+  while (rows < kMostRows && 2 * rows * wanted_keys <= room) rows *= 2;
+  const int64_t widest = std::max(kNarrowest, room / rows / kAlign * kAlign);
   // Equal tiles: 512 keys with room for 336 are two tiles of 256, not 336 and 176.
   const int64_t count = std::max<int64_t>(1, (keys + widest - 1) / widest);
   const int64_t width = ((keys + count - 1) / count + kAlign - 1) / kAlign * kAlign;
-  return {kQueries, std::max(width, kAlign)};
+  return {rows, std::max(width, kAlign)};
 }
 
 namespace {
@@ -391,7 +409,19 @@ void backward_cpu(const Problem& p, const at::Tensor& grad_out, const at::Tensor
 // Sizes are bounded by memory alone on the CPU.
 void no_limits(const char*, const Problem&, bool) {}
 
-constexpr Backend kCpu{/*computes_reduced_in_float=*/true, no_limits, forward_cpu, backward_cpu};
+// Summing a float mask's gradient over the batch elements or heads it broadcasts over in the
+// kernel saves writing, and then reducing, the whole (B, H, L, S) gradient, as long as enough
+// slices are left to keep every thread busy; the first extent with enough of them is taken.
+std::array<int64_t, 2> mask_grad_extent(const Problem& p) {
+  const int64_t batch = p.attn.stride(0) == 0 ? 1 : p.batch, heads = p.attn.stride(1) == 0 ? 1 : p.heads;
+  const int64_t threads = at::get_num_threads();
+  for (const auto extent : {std::array{batch, heads}, {p.batch, heads}, {batch, p.heads}}) {
+    if (extent[0] * extent[1] >= threads) return extent;
+  }
+  return {p.batch, p.heads};
+}
+
+constexpr Backend kCpu{/*computes_reduced_in_float=*/true, no_limits, forward_cpu, mask_grad_extent, backward_cpu};
 
 }  // namespace
 }  // namespace dll_ext::attention

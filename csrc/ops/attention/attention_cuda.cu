@@ -512,7 +512,12 @@ void backward_cuda(const Problem& p, const at::Tensor& grad_out, const at::Tenso
   });
 }
 
-constexpr Backend kCuda{/*computes_reduced_in_float=*/false, check_limits_cuda, forward_cuda, backward_cuda};
+// One thread block per (batch, head) row block writes its own slice of the mask's gradient;
+// summing over broadcast dimensions is left to attention.cpp's sum_to (deterministic).
+std::array<int64_t, 2> full_mask_grad(const Problem& p) { return {p.batch, p.heads}; }
+
+constexpr Backend kCuda{/*computes_reduced_in_float=*/false, check_limits_cuda, forward_cuda, full_mask_grad,
+                        backward_cuda};
 
 }  // namespace
 }  // namespace dll_ext::attention

@@ -17,6 +17,13 @@ def _backends(op):
     return [key for key in BACKENDS if torch._C._dispatch_has_kernel_for_dispatch_key(name, key)]
 
 
+def attention_tiles() -> dict:
+    """The CPU attention kernels' tile, [query rows, keys], for 512 and 4096 keys of each CPU
+    dtype's kernel: chosen from this CPU's L2 cache at run time."""
+    return {f"{dtype}/S{keys}": torch.ops.dll_ext._attention_cpu_tiles(keys, size)
+            for dtype, size in (("float32", 4), ("float64", 8)) for keys in (512, 4096)}
+
+
 def info() -> dict:
     """A dict describing the build and the running environment."""
     config = build_config()
@@ -32,7 +39,7 @@ def info() -> dict:
         "cuda_archs": config.CUDA_ARCHS,
         "cuda_available": torch.cuda.is_available(),
         "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "cpu": cpu_info(),
+        "cpu": {**cpu_info(), "attention_tiles": attention_tiles()},
         "sanitized_build": config.SANITIZE,
         "ops": ops,
         "dtypes": {op: {device: [str(t).removeprefix("torch.") for t in supported_dtypes(op, device)]
@@ -46,7 +53,9 @@ def format_info(data: dict) -> str:
     lines.append("cpu:")
     lines += [f"  {'model':22} {cpu['model']}", f"  {'isa':22} {cpu['isa']}",
               f"  {'threads':22} {cpu['threads']} (of {cpu['logical_cpus']} logical CPUs)",
-              f"  {'caches':22} {format_caches(cpu['caches'])}"]
+              f"  {'caches':22} {format_caches(cpu['caches'])}",
+              f"  {'attention tiles':22} " + ", ".join(f"{case} {rows}x{keys}"
+                                                      for case, (rows, keys) in cpu["attention_tiles"].items())]
     lines.append("ops:")
     lines += [f"  {op:22} {', '.join(keys)}" for op, keys in data["ops"].items()]
     lines.append("dtypes:")

@@ -71,6 +71,9 @@ def test_info_describes_the_cpu():
         assert cache["total_kib"] == cache["size_kib"] * cache["instances"] > 0
     text = format_info(dll_ext.info())
     assert f"  model                  {cpu['model']}" in text.splitlines()
+    # The attention tiles this CPU's cache gives, as the kernels choose them.
+    assert cpu["attention_tiles"]["float32/S512"] == torch.ops.dll_ext._attention_cpu_tiles(512, 4)
+    assert "attention tiles" in text
 
 
 def test_info_command():

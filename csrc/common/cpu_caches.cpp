@@ -1,12 +1,10 @@
 #include "common/cpu_caches.h"
 
-#include <torch/library.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <fstream>
 #include <string>
-#include <vector>
 
 namespace dll_ext {
 namespace {
@@ -52,11 +50,6 @@ CacheSizes from_sysconf() {
   return sizes;
 }
 
-std::vector<int64_t> cache_bytes() {
-  const CacheSizes& sizes = cpu_caches();
-  return {sizes.l1d, sizes.l2, sizes.l3};
-}
-
 }  // namespace
 
 const CacheSizes& cpu_caches() {
@@ -68,8 +61,3 @@ const CacheSizes& cpu_caches() {
 }
 
 }  // namespace dll_ext
-
-TORCH_LIBRARY_FRAGMENT(dll_ext, m) {
-  // [L1d, L2, L3] bytes per instance as the CPU kernels see them (0: not reported).
-  m.def("_cpu_cache_bytes() -> int[]", &dll_ext::cache_bytes);
-}

@@ -1,8 +1,11 @@
-// Fused LSTM ops. The GEMMs are ATen's (MKL/oneDNN on CPU, cuBLAS on CUDA); each backend
-// supplies the fused pointwise step around them, forward and backward, written once over
-// the element math in lstm_math.h. Layouts: pre-activations and gates are (B, 4H) rows of
-// [i | f | g | o], states are (B, H), all contiguous. lstm_cell is one step; lstm_layer and
-// lstm_layer_packed run a whole sequence of one layer and direction with the same steps.
+// Fused LSTM ops. Each backend supplies one step of the recurrence, forward and backward:
+// the recurrent GEMM and the pointwise math of lstm_math.h around it. The CPU fuses them
+// per block of hidden units (a thread's GEMM output is still in its cache when its
+// pointwise pass reads it); CUDA runs cuBLAS and a pointwise kernel. The GEMMs over whole
+// batches or sequences (input projections, weight gradients) are ATen's. Layouts:
+// pre-activations and gates are (B, 4H) rows of [i | f | g | o], states are (B, H), all
+// contiguous. lstm_cell is one step; lstm_layer and lstm_layer_packed run a whole sequence
+// of one layer and direction with the same steps.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -15,16 +18,31 @@
 
 namespace dll_ext::lstm {
 
+// W_hh prepared once for all the steps of an op call, in the direction they go. The CPU
+// splits each step into blocks of hidden units and, where its BLAS has a packed GEMM, packs
+// each block's slice of W_hh once (bytes, one block after another); CUDA keeps W_hh alone.
+struct RecurrentWeight {
+  at::Tensor weight;  // W_hh, contiguous
+  int64_t blocks = 1;
+  at::Tensor packed;  // undefined where nothing is packed
+  int64_t packed_block_bytes = 0;
+};
+
 struct Backend {
-  // From the pre-activations without biases and the bias row (b_ih + b_hh, in the
-  // accumulation type): h, c and the activated gates, all written.
-  void (*step_forward)(const at::Tensor& pre, const at::Tensor& bias, const at::Tensor& c_prev,
-                       at::Tensor& h, at::Tensor& c, at::Tensor& gates);
-  // Gradients of the pre-activations and of c_prev from those reaching h and c; tanh(c) is
-  // recomputed from c.
-  void (*step_backward)(const at::Tensor& grad_h, const at::Tensor& grad_c,
-                        const at::Tensor& gates, const at::Tensor& c_prev, const at::Tensor& c,
-                        at::Tensor& grad_pre, at::Tensor& grad_c_prev);
+  // W_hh for steps of up to `rows` rows, forward or backward; worth packing when `steps`
+  // steps will read it.
+  RecurrentWeight (*prepare)(const at::Tensor& w_hh, int64_t rows, int64_t steps, bool backward);
+  // One step for B rows. On entry gates holds x W_ih^T; the step adds h_prev W_hh^T and the
+  // bias row (b_ih + b_hh, in the accumulation type), and leaves the activated gates there;
+  // h and c are written.
+  void (*step_forward)(const at::Tensor& h_prev, const at::Tensor& c_prev, const RecurrentWeight& w_hh,
+                       const at::Tensor& bias, at::Tensor& gates, at::Tensor& h, at::Tensor& c);
+  // Its backward: grad_pre and grad_c_prev from the gradients reaching h and c (tanh(c) is
+  // recomputed from c), then, when grad_h_prev is defined, grad_pre W_hh into it. grad_h_prev
+  // may be grad_h itself: it is written only after every read of grad_h.
+  void (*step_backward)(const at::Tensor& grad_h, const at::Tensor& grad_c, const at::Tensor& gates,
+                        const at::Tensor& c_prev, const at::Tensor& c, const RecurrentWeight& w_hh,
+                        at::Tensor& grad_pre, at::Tensor& grad_c_prev, at::Tensor& grad_h_prev);
 };
 
 // Argument checks shared by the ops; `op` starts every message.

@@ -26,14 +26,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cell_forward(
     const at::Tensor& w_ih, const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
     const std::optional<at::Tensor>& b_hh) {
   check_args(input, hx, cx, w_ih, w_hh, b_ih, b_hh);
-  // Two GEMMs into one buffer; the biases are added in the fused pointwise step.
-  at::Tensor pre = at::mm(input, w_ih.t());
-  pre.addmm_(hx, w_hh.t());
+  // The input's GEMM into the gates buffer; the backend's step adds the recurrent one and the
+  // biases.
+  at::Tensor gates = at::mm(input, w_ih.t());
   const int64_t hidden = w_hh.size(1);
   at::Tensor hy = at::empty({input.size(0), hidden}, input.options());
   at::Tensor cy = at::empty_like(hy);
-  at::Tensor gates = at::empty_like(pre);
-  backend.step_forward(pre, bias_row(pre, b_ih, b_hh, hidden), cx.contiguous(), hy, cy, gates);
+  backend.step_forward(hx, cx, backend.prepare(w_hh, input.size(0), 1, false), bias_row(gates, b_ih, b_hh, hidden),
+                       gates, hy, cy);
   return {hy, cy, gates};
 }
 
@@ -56,15 +56,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   };
   at::Tensor grad_pre = at::empty_like(workspace);
   at::Tensor grad_cx = at::empty_like(cy);
-  backend.step_backward(contiguous_or_zero(grad_hy), contiguous_or_zero(grad_cy),
-                        workspace.contiguous(), cx.contiguous(), cy.contiguous(), grad_pre, grad_cx);
+  at::Tensor grad_hx = output_mask[1] ? at::empty_like(cy) : at::Tensor();
+  backend.step_backward(contiguous_or_zero(grad_hy), contiguous_or_zero(grad_cy), workspace.contiguous(),
+                        cx.contiguous(), cy.contiguous(), backend.prepare(w_hh, batch, 1, true), grad_pre, grad_cx,
+                        grad_hx);
   // Only the GEMMs whose gradient is wanted (output_mask: input, hx, w_ih, w_hh): a loop
   // over a sequence's inputs, say, needs no input gradient. The weight gradients are single
   // GEMMs over the batch.
   const auto gemm_if = [](bool wanted, const at::Tensor& a, const at::Tensor& b) {
     return wanted ? at::mm(a, b) : at::Tensor();
   };
-  return {gemm_if(output_mask[0], grad_pre, w_ih),      gemm_if(output_mask[1], grad_pre, w_hh),
+  return {gemm_if(output_mask[0], grad_pre, w_ih),      grad_hx,
           grad_cx,
           gemm_if(output_mask[2], grad_pre.t(), input), gemm_if(output_mask[3], grad_pre.t(), hx),
           has_bias ? grad_pre.sum(0) : at::Tensor()};

@@ -1,9 +1,27 @@
-// CPU pointwise steps of the LSTM ops, and the CPU registrations of the ops.
+// CPU steps of the LSTM ops, and the CPU registrations of the ops.
+//
+// A forward step is one parallel pass over blocks of hidden units: each task runs the
+// recurrent GEMM for the four gate columns of its units and then the pointwise math on them
+// while they are still in its cache. Run as an ATen GEMM followed by a separate pointwise
+// pass, every step paid the dispatcher, a second parallel region and a trip of the gates
+// through memory. The backward needs all of grad_pre before grad_pre W_hh, so it is two
+// passes: the pointwise math per block of units, then the GEMM per block of h_prev's
+// columns.
+//
+// The GEMMs are BLAS on raw pointers (common/blas.h). In float, where MKL's packed GEMM is
+// there, each block's slice of W_hh is packed once per op call rather than by every step's
+// GEMM (a step of T64 B32 H256 took about 120 us with sgemm_ packing per call, about 70 us
+// packed, on 2 Xeon cores). bfloat16 has no BLAS here: ATen's GEMM, then the same pointwise
+// passes.
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <type_traits>
+#include <utility>
+#include <vector>
 
+#include "common/blas.h"
 #include "common/registration.h"
 #include "ops/lstm/lstm.h"
 #include "ops/lstm/lstm_math.h"
@@ -11,78 +29,219 @@
 namespace dll_ext::lstm {
 namespace {
 
-// Hidden units per parallel task. A step is short (B x H units) and sits between MKL GEMMs;
-// an OpenMP region for less than this measured slower than running it on one thread
-// (OpenMP's spinning workers compete with the GEMM's on 2 cores).
+// Units (rows x hidden units) a task must have at least: an OpenMP region for less measured
+// slower than one thread (OpenMP's spinning workers compete with the GEMM's on 2 cores).
 constexpr int64_t kGrain = 4096;
+// Block edges fall on multiples of this many units, so each block's unit loops run in whole
+// vectors (16 floats in an AVX-512 register).
+constexpr int64_t kUnitStep = 16;
 
-// One batch row; the loop over hidden units reads each gate block contiguously and has no
-// branches or conditional loads, so it vectorises (the element math is libm-free for float).
+template <typename T>
+constexpr bool kHasBlas = std::is_same_v<T, float> || std::is_same_v<T, double>;
+
+// Blocks of hidden units for steps of `rows` rows: one per thread, fewer when a block would
+// be under kGrain units or narrower than kUnitStep.
+int64_t unit_blocks(int64_t rows, int64_t hidden) {
+  return std::clamp<int64_t>(std::min(rows * hidden / kGrain, hidden / kUnitStep), 1, at::get_num_threads());
+}
+
+// Units [first, last) of block b of `blocks`: near-equal shares in whole kUnitStep steps.
+std::pair<int64_t, int64_t> unit_range(int64_t b, int64_t blocks, int64_t hidden) {
+  const int64_t steps = (hidden + kUnitStep - 1) / kUnitStep;
+  const auto edge = [&](int64_t k) { return std::min(hidden, steps * k / blocks * kUnitStep); };
+  return {edge(b), edge(b + 1)};
+}
+
+// Runs body(b, first, last) for every block, in parallel; block b always on the same thread
+// (ATen's OpenMP parallel_for gives thread i the i-th share), so its packed weights stay in
+// that core's cache from step to step.
+template <typename Body>
+void for_unit_blocks(int64_t blocks, int64_t hidden, const Body& body) {
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const auto [first, last] = unit_range(b, blocks, hidden);
+      body(b, first, last);
+    }
+  });
+}
+
+// Units [first, last) of one batch row; the loop reads each gate block contiguously and has
+// no branches or conditional loads, so it vectorises (the element math is libm-free for
+// float).
 template <typename scalar_t>
-DLL_CPU_CLONES void step_forward_row(const scalar_t* __restrict__ pre,
-                                     const at::opmath_type<scalar_t>* __restrict__ bias,
-                                     const scalar_t* __restrict__ c_prev, scalar_t* __restrict__ h,
-                                     scalar_t* __restrict__ c, scalar_t* __restrict__ gates, int64_t hidden) {
-  for (int64_t j = 0; j < hidden; ++j) step_forward_unit(pre, bias, c_prev, h, c, gates, j, hidden);
+DLL_CPU_CLONES void step_forward_units(const at::opmath_type<scalar_t>* __restrict__ bias,
+                                       const scalar_t* __restrict__ c_prev, scalar_t* __restrict__ h,
+                                       scalar_t* __restrict__ c, scalar_t* __restrict__ gates, int64_t first,
+                                       int64_t last, int64_t hidden) {
+  for (int64_t j = first; j < last; ++j) step_forward_unit(bias, c_prev, h, c, gates, j, hidden);
+}
+
+// The same after adding the block's recurrent pre-activations, `recurrent` (4 rows of U =
+// last - first): in one loop, so the gates are loaded and stored once.
+DLL_CPU_CLONES void step_forward_units_adding(const float* __restrict__ recurrent, const float* __restrict__ bias,
+                                              const float* __restrict__ c_prev, float* __restrict__ h,
+                                              float* __restrict__ c, float* __restrict__ gates, int64_t first,
+                                              int64_t last, int64_t hidden) {
+  const int64_t units = last - first;
+  for (int64_t j = first; j < last; ++j) {
+    for (int64_t g = 0; g < 4; ++g) gates[g * hidden + j] += recurrent[g * units + j - first];
+    step_forward_unit(bias, c_prev, h, c, gates, j, hidden);
+  }
 }
 
 template <typename scalar_t>
-DLL_CPU_CLONES void step_backward_row(const scalar_t* __restrict__ grad_h, const scalar_t* __restrict__ grad_c,
-                                      const scalar_t* __restrict__ gates, const scalar_t* __restrict__ c_prev,
-                                      const scalar_t* __restrict__ c, scalar_t* __restrict__ grad_pre,
-                                      scalar_t* __restrict__ grad_c_prev, int64_t hidden) {
-  for (int64_t j = 0; j < hidden; ++j) {
+DLL_CPU_CLONES void step_backward_units(const scalar_t* __restrict__ grad_h, const scalar_t* __restrict__ grad_c,
+                                        const scalar_t* __restrict__ gates, const scalar_t* __restrict__ c_prev,
+                                        const scalar_t* __restrict__ c, scalar_t* __restrict__ grad_pre,
+                                        scalar_t* __restrict__ grad_c_prev, int64_t first, int64_t last,
+                                        int64_t hidden) {
+  for (int64_t j = first; j < last; ++j) {
     step_backward_unit<scalar_t, at::opmath_type<scalar_t>>(grad_h, grad_c, gates, c_prev, c, grad_pre,
                                                             grad_c_prev, j, hidden);
   }
 }
 
+// Row-major (rows, ·) buffers; W_hh is (4H, H) row-major. In the column-major terms of
+// blas::gemm a row-major (rows, n) matrix is its (n, rows) transpose.
+
+// A block's packed W_hh: forward, its units' four gate rows stacked, (4U, H); backward, its
+// units' columns, (4H, U) — in either case the A operand of a column-major product whose B
+// is the step's (transposed) rows.
+void pack_block(const float* w, bool backward, int64_t first, int64_t last, int64_t hidden, int64_t rows,
+                void* dest) {
+  const int64_t units = last - first;
+  if (backward) {
+    blas::pack_a(false, units, rows, 4 * hidden, w + first, hidden, dest);
+    return;
+  }
+  std::vector<float> stacked(4 * units * hidden);
+  for (int64_t g = 0; g < 4; ++g) {
+    std::copy_n(w + (g * hidden + first) * hidden, units * hidden, stacked.data() + g * units * hidden);
+  }
+  blas::pack_a(true, 4 * units, rows, hidden, stacked.data(), hidden, dest);
+}
+
+RecurrentWeight prepare_cpu(const at::Tensor& w_hh, int64_t rows, int64_t steps, bool backward) {
+  const int64_t hidden = w_hh.size(1);
+  RecurrentWeight w{w_hh.contiguous(), unit_blocks(rows, hidden)};
+  // One step's GEMM packs W_hh anyway; packing pays from the second step on.
+  if (w.weight.scalar_type() != at::kFloat || steps < 2 || rows == 0 || hidden == 0 || !blas::has_packed_gemm()) {
+    return w;
+  }
+  int64_t bytes = 0;
+  for (int64_t b = 0; b < w.blocks; ++b) {
+    const auto [first, last] = unit_range(b, w.blocks, hidden);
+    const int64_t units = last - first;
+    bytes = std::max(bytes, backward ? blas::packed_a_bytes(units, rows, 4 * hidden)
+                                     : blas::packed_a_bytes(4 * units, rows, hidden));
+  }
+  w.packed_block_bytes = (bytes + 63) / 64 * 64;
+  w.packed = at::empty({w.blocks * w.packed_block_bytes}, w_hh.options().dtype(at::kByte));
+  // Each block packed by the thread whose steps will read it.
+  for_unit_blocks(w.blocks, hidden, [&](int64_t b, int64_t first, int64_t last) {
+    pack_block(w.weight.const_data_ptr<float>(), backward, first, last, hidden, rows,
+               w.packed.data_ptr<uint8_t>() + b * w.packed_block_bytes);
+  });
+  return w;
+}
+
+const void* packed_block(const RecurrentWeight& w, int64_t b) {
+  return w.packed.const_data_ptr<uint8_t>() + b * w.packed_block_bytes;
+}
+
 template <typename scalar_t>
-void step_forward_kernel(const scalar_t* pre, const at::opmath_type<scalar_t>* bias, const scalar_t* c_prev,
-                         scalar_t* h, scalar_t* c, scalar_t* gates, int64_t batch, int64_t hidden) {
-  at::parallel_for(0, batch, std::max<int64_t>(1, kGrain / hidden), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      step_forward_row(pre + r * 4 * hidden, bias, c_prev + r * hidden, h + r * hidden,
-                       c + r * hidden, gates + r * 4 * hidden, hidden);
+void step_forward_kernel(const scalar_t* h_prev, const scalar_t* c_prev, const RecurrentWeight& weight,
+                         const at::opmath_type<scalar_t>* bias, scalar_t* gates, scalar_t* h, scalar_t* c,
+                         int64_t rows, int64_t hidden) {
+  for_unit_blocks(weight.blocks, hidden, [&](int64_t b, int64_t first, int64_t last) {
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (weight.packed.defined()) {
+        // The block's recurrent pre-activations, (rows, 4U).
+        const int64_t units = last - first;
+        thread_local std::vector<float> recurrent;
+        recurrent.resize(rows * 4 * units);
+        blas::gemm_packed_a(4 * units, rows, hidden, packed_block(weight, b), h_prev, hidden, 0, recurrent.data(),
+                            4 * units);
+        for (int64_t r = 0; r < rows; ++r) {
+          step_forward_units_adding(recurrent.data() + r * 4 * units, bias, c_prev + r * hidden, h + r * hidden,
+                                    c + r * hidden, gates + r * 4 * hidden, first, last, hidden);
+        }
+        return;
+      }
+    }
+    if constexpr (kHasBlas<scalar_t>) {
+      // gates[:, gate columns of these units] += h_prev W_hh[those rows]^T
+      const scalar_t* w = weight.weight.const_data_ptr<scalar_t>();
+      for (int64_t g = 0; g < 4; ++g) {
+        const int64_t column = g * hidden + first;
+        blas::gemm<scalar_t>(true, false, last - first, rows, hidden, 1, w + column * hidden, hidden, h_prev,
+                             hidden, 1, gates + column, 4 * hidden);
+      }
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      step_forward_units(bias, c_prev + r * hidden, h + r * hidden, c + r * hidden, gates + r * 4 * hidden, first,
+                         last, hidden);
     }
   });
 }
 
 template <typename scalar_t>
 void step_backward_kernel(const scalar_t* grad_h, const scalar_t* grad_c, const scalar_t* gates,
-                          const scalar_t* c_prev, const scalar_t* c, scalar_t* grad_pre,
-                          scalar_t* grad_c_prev, int64_t batch, int64_t hidden) {
-  at::parallel_for(0, batch, std::max<int64_t>(1, kGrain / hidden), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
+                          const scalar_t* c_prev, const scalar_t* c, const RecurrentWeight& weight,
+                          scalar_t* grad_pre, scalar_t* grad_c_prev, scalar_t* grad_h_prev, int64_t rows,
+                          int64_t hidden) {
+  for_unit_blocks(weight.blocks, hidden, [&](int64_t, int64_t first, int64_t last) {
+    for (int64_t r = 0; r < rows; ++r) {
       const int64_t row = r * hidden;
-      step_backward_row(grad_h + row, grad_c + row, gates + 4 * row, c_prev + row, c + row, grad_pre + 4 * row,
-                        grad_c_prev + row, hidden);
+      step_backward_units(grad_h + row, grad_c + row, gates + 4 * row, c_prev + row, c + row, grad_pre + 4 * row,
+                          grad_c_prev + row, first, last, hidden);
     }
   });
+  if constexpr (kHasBlas<scalar_t>) {
+    if (grad_h_prev == nullptr) return;
+    // grad_h_prev[:, these units] = grad_pre W_hh[:, these units]
+    for_unit_blocks(weight.blocks, hidden, [&](int64_t b, int64_t first, int64_t last) {
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        if (weight.packed.defined()) {
+          blas::gemm_packed_a(last - first, rows, 4 * hidden, packed_block(weight, b), grad_pre, 4 * hidden, 0,
+                              grad_h_prev + first, hidden);
+          return;
+        }
+      }
+      blas::gemm<scalar_t>(false, false, last - first, rows, 4 * hidden, 1,
+                           weight.weight.const_data_ptr<scalar_t>() + first, hidden, grad_pre, 4 * hidden, 0,
+                           grad_h_prev + first, hidden);
+    });
+  }
 }
 
-void step_forward_cpu(const at::Tensor& pre, const at::Tensor& bias, const at::Tensor& c_prev,
-                      at::Tensor& h, at::Tensor& c, at::Tensor& gates) {
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, pre.scalar_type(), "lstm_step_forward_cpu", [&] {
-    step_forward_kernel<scalar_t>(pre.const_data_ptr<scalar_t>(), bias.const_data_ptr<at::opmath_type<scalar_t>>(),
-                                  c_prev.const_data_ptr<scalar_t>(), h.data_ptr<scalar_t>(),
-                                  c.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(), h.size(0),
-                                  h.size(1));
+void step_forward_cpu(const at::Tensor& h_prev, const at::Tensor& c_prev, const RecurrentWeight& w_hh,
+                      const at::Tensor& bias, at::Tensor& gates, at::Tensor& h, at::Tensor& c) {
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, gates.scalar_type(), "lstm_step_forward_cpu", [&] {
+    if constexpr (!kHasBlas<scalar_t>) gates.addmm_(h_prev, w_hh.weight.t());
+    const at::Tensor h_rows = h_prev.contiguous(), c_rows = c_prev.contiguous();
+    step_forward_kernel<scalar_t>(h_rows.const_data_ptr<scalar_t>(), c_rows.const_data_ptr<scalar_t>(), w_hh,
+                                  bias.const_data_ptr<at::opmath_type<scalar_t>>(), gates.data_ptr<scalar_t>(),
+                                  h.data_ptr<scalar_t>(), c.data_ptr<scalar_t>(), h.size(0), h.size(1));
   });
 }
 
 void step_backward_cpu(const at::Tensor& grad_h, const at::Tensor& grad_c, const at::Tensor& gates,
-                       const at::Tensor& c_prev, const at::Tensor& c, at::Tensor& grad_pre,
-                       at::Tensor& grad_c_prev) {
+                       const at::Tensor& c_prev, const at::Tensor& c, const RecurrentWeight& w_hh,
+                       at::Tensor& grad_pre, at::Tensor& grad_c_prev, at::Tensor& grad_h_prev) {
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, gates.scalar_type(), "lstm_step_backward_cpu", [&] {
-    step_backward_kernel<scalar_t>(grad_h.const_data_ptr<scalar_t>(), grad_c.const_data_ptr<scalar_t>(),
-                                   gates.const_data_ptr<scalar_t>(), c_prev.const_data_ptr<scalar_t>(),
-                                   c.const_data_ptr<scalar_t>(), grad_pre.data_ptr<scalar_t>(),
-                                   grad_c_prev.data_ptr<scalar_t>(), c.size(0), c.size(1));
+    step_backward_kernel<scalar_t>(
+        grad_h.const_data_ptr<scalar_t>(), grad_c.const_data_ptr<scalar_t>(), gates.const_data_ptr<scalar_t>(),
+        c_prev.const_data_ptr<scalar_t>(), c.const_data_ptr<scalar_t>(), w_hh, grad_pre.data_ptr<scalar_t>(),
+        grad_c_prev.data_ptr<scalar_t>(), grad_h_prev.defined() ? grad_h_prev.data_ptr<scalar_t>() : nullptr,
+        c.size(0), c.size(1));
+    if constexpr (!kHasBlas<scalar_t>) {
+      if (grad_h_prev.defined()) at::mm_out(grad_h_prev, grad_pre, w_hh.weight);
+    }
   });
 }
 
-constexpr Backend kCpu{step_forward_cpu, step_backward_cpu};
+constexpr Backend kCpu{prepare_cpu, step_forward_cpu, step_backward_cpu};
 
 }  // namespace
 

@@ -1,5 +1,6 @@
-// CUDA pointwise steps of the LSTM ops (around cuBLAS GEMMs), and the CUDA registrations of
-// the ops. One thread per hidden unit of a row, grid-stride.
+// CUDA steps of the LSTM ops: cuBLAS's recurrent GEMM (through ATen) and a pointwise
+// kernel, one thread per hidden unit of a row, grid-stride; and the CUDA registrations of
+// the ops.
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
 
@@ -15,16 +16,15 @@ using dll_ext::cuda::grid_for;
 using dll_ext::cuda::kThreads;
 
 template <typename scalar_t>
-__global__ void step_forward_kernel(const scalar_t* __restrict__ pre,
-                                    const at::opmath_type<scalar_t>* __restrict__ bias,
+__global__ void step_forward_kernel(const at::opmath_type<scalar_t>* __restrict__ bias,
                                     const scalar_t* __restrict__ c_prev, scalar_t* __restrict__ h,
-                                    scalar_t* __restrict__ c, scalar_t* __restrict__ gates,
-                                    int64_t units, int64_t hidden) {
+                                    scalar_t* __restrict__ c, scalar_t* __restrict__ gates, int64_t units,
+                                    int64_t hidden) {
   for (int64_t u = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; u < units;
        u += int64_t(gridDim.x) * blockDim.x) {
     const int64_t row = u / hidden;
-    step_forward_unit(pre + row * 4 * hidden, bias, c_prev + row * hidden, h + row * hidden,
-                      c + row * hidden, gates + row * 4 * hidden, u % hidden, hidden);
+    step_forward_unit(bias, c_prev + row * hidden, h + row * hidden, c + row * hidden, gates + row * 4 * hidden,
+                      u % hidden, hidden);
   }
 }
 
@@ -42,23 +42,26 @@ __global__ void step_backward_kernel(const scalar_t* __restrict__ grad_h, const 
   }
 }
 
-void step_forward_cuda(const at::Tensor& pre, const at::Tensor& bias, const at::Tensor& c_prev,
-                       at::Tensor& h, at::Tensor& c, at::Tensor& gates) {
+RecurrentWeight prepare_cuda(const at::Tensor& w_hh, int64_t, int64_t, bool) { return {w_hh.contiguous()}; }
+
+void step_forward_cuda(const at::Tensor& h_prev, const at::Tensor& c_prev, const RecurrentWeight& w_hh,
+                       const at::Tensor& bias, at::Tensor& gates, at::Tensor& h, at::Tensor& c) {
   const int64_t units = h.numel();
   if (units == 0) return;
+  gates.addmm_(h_prev, w_hh.weight.t());
+  const at::Tensor c_rows = c_prev.contiguous();
   auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pre.scalar_type(), "lstm_step_forward_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gates.scalar_type(), "lstm_step_forward_cuda", [&] {
     step_forward_kernel<scalar_t><<<grid_for(units), kThreads, 0, stream>>>(
-        pre.const_data_ptr<scalar_t>(), bias.const_data_ptr<at::opmath_type<scalar_t>>(),
-        c_prev.const_data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), c.data_ptr<scalar_t>(),
-        gates.data_ptr<scalar_t>(), units, h.size(1));
+        bias.const_data_ptr<at::opmath_type<scalar_t>>(), c_rows.const_data_ptr<scalar_t>(), h.data_ptr<scalar_t>(),
+        c.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(), units, h.size(1));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
 
 void step_backward_cuda(const at::Tensor& grad_h, const at::Tensor& grad_c, const at::Tensor& gates,
-                        const at::Tensor& c_prev, const at::Tensor& c, at::Tensor& grad_pre,
-                        at::Tensor& grad_c_prev) {
+                        const at::Tensor& c_prev, const at::Tensor& c, const RecurrentWeight& w_hh, at::Tensor& grad_pre,
+                        at::Tensor& grad_c_prev, at::Tensor& grad_h_prev) {
   const int64_t units = c.numel();
   if (units == 0) return;
   auto stream = at::cuda::getCurrentCUDAStream();
@@ -69,9 +72,10 @@ void step_backward_cuda(const at::Tensor& grad_h, const at::Tensor& grad_c, cons
         grad_c_prev.data_ptr<scalar_t>(), units, c.size(1));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
+  if (grad_h_prev.defined()) at::mm_out(grad_h_prev, grad_pre, w_hh.weight);
 }
 
-constexpr Backend kCuda{step_forward_cuda, step_backward_cuda};
+constexpr Backend kCuda{prepare_cuda, step_forward_cuda, step_backward_cuda};
 
 }  // namespace
 

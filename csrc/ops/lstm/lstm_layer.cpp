@@ -8,10 +8,10 @@
 // only. Padded input is packed by one gather (which also sorts it) and unpacked by one
 // scatter; input without lengths is already in this layout.
 //
-// Forward: one GEMM projects the inputs of all steps; each step adds the recurrent GEMM and
-// runs the backend's fused pointwise step. Backward through time runs the fused backward
-// step and the recurrent GEMM per step; the gradients of the input and of both weights are
-// then one large GEMM each over all positions.
+// Forward: one GEMM projects the inputs of all steps; each step is the backend's (recurrent
+// GEMM and pointwise math). Backward through time runs the backend's backward step; the
+// gradients of the input and of both weights are then one large GEMM each over all
+// positions.
 #include <torch/library.h>
 
 #include <algorithm>
@@ -180,57 +180,6 @@ at::Tensor state_before(const at::Tensor& packed, const at::Tensor& initial, con
   return at::cat({previous, initial.narrow(0, carried, rows - carried)});
 }
 
-// The recurrent GEMM of every step, x @ w.t() (+ addend), with w prepared once per op call.
-// On the CPU in float32, oneDNN's matmul on w reordered into its blocked layout: for the
-// few rows of a step it ran at 1.3-1.5x at::addmm's rate (MKL then repacks w on every
-// call). Elsewhere, or without oneDNN, at::addmm / at::mm.
-// An op of another library if this build of torch registers it with the expected number of
-// arguments; called boxed, so that the C++ types of its registration need not match ours.
-std::optional<c10::OperatorHandle> find_optional_op(const char* name, const char* overload, size_t arguments) {
-  auto op = c10::Dispatcher::singleton().findSchema({name, overload});
-  if (op && op->schema().arguments().size() != arguments) op.reset();
-  return op;
-}
-
-at::Tensor call_boxed(const c10::OperatorHandle& op, std::vector<c10::IValue> stack) {
-  op.callBoxed(&stack);
-  return stack.at(0).toTensor();
-}
-
-class RecurrentGemm {
- public:
-  RecurrentGemm(const at::Tensor& w, int64_t batch) {
-    static const auto reorder = find_optional_op("mkldnn::_reorder_linear_weight", "", 2);
-    use_onednn_ = w.device().is_cpu() && w.scalar_type() == at::kFloat && batch > 0 && w.numel() > 0 &&
-                  reorder && linear() && linear_add() && at::globalContext().userEnabledMkldnn();
-    weight_ = use_onednn_ ? call_boxed(*reorder, {w.contiguous(), batch}) : w.t();
-  }
-
-  at::Tensor operator()(const at::Tensor& x) const {
-    if (!use_onednn_) return at::mm(x, weight_);
-    return call_boxed(*linear(), {x, weight_, c10::IValue(), "none", c10::List<std::optional<at::Scalar>>(),
-                                  c10::IValue()});
-  }
-
-  at::Tensor operator()(const at::Tensor& x, const at::Tensor& addend) const {
-    if (!use_onednn_) return at::addmm(addend, x, weight_);
-    return call_boxed(*linear_add(), {x, addend, weight_, c10::IValue(), "add"});
-  }
-
- private:
-  static const std::optional<c10::OperatorHandle>& linear() {
-    static const auto op = find_optional_op("mkldnn::_linear_pointwise", "", 6);
-    return op;
-  }
-  static const std::optional<c10::OperatorHandle>& linear_add() {
-    static const auto op = find_optional_op("mkldnn::_linear_pointwise", "binary", 5);
-    return op;
-  }
-
-  bool use_onednn_ = false;
-  at::Tensor weight_;
-};
-
 // Steps in the order the forward visits them.
 int64_t step_at(const Schedule& s, int64_t k, bool reverse) { return reverse ? s.steps() - 1 - k : k; }
 
@@ -261,15 +210,15 @@ LayerOutputs layer_forward(const Backend& backend, const at::Tensor& input,
   at::Tensor projection = gates.narrow(0, 0, s.rows);
   at::mm_out(projection, x, w_ih.t());
   const at::Tensor bias = bias_row(gates, b_ih, b_hh, hidden);
-  const RecurrentGemm recurrent(w_hh, s.batch());
+  const RecurrentWeight w = backend.prepare(w_hh, s.batch(), s.steps(), false);
   at::Tensor out = at::empty({s.rows, hidden}, input.options());
   at::Tensor cells = workspace(s, capacity, hidden, input.options());
   for (int64_t k = 0; k < s.steps(); ++k) {
     const int64_t t = step_at(s, k, reverse);
     if (s.batch_sizes[t] == 0) continue;  // every sequence has ended (or the batch is empty)
     at::Tensor h_t = step_rows(out, s, t), c_t = step_rows(cells, s, t), gates_t = step_rows(gates, s, t);
-    const at::Tensor pre_t = recurrent(state_before(out, h0, s, t, reverse), gates_t);
-    backend.step_forward(pre_t, bias, state_before(cells, c0, s, t, reverse), h_t, c_t, gates_t);
+    backend.step_forward(state_before(out, h0, s, t, reverse), state_before(cells, c0, s, t, reverse), w, bias,
+                         gates_t, h_t, c_t);
   }
   // Each sequence's final state: at its last step going forward, at step 0 in reverse.
   std::vector<int64_t> last(s.batch());
@@ -323,19 +272,20 @@ LayerGrads layer_backward(const Backend& backend, const std::optional<at::Tensor
   at::Tensor grad_c_prev = at::empty_like(grad_c);
   const at::Tensor out = pack(output, s), c0 = sort_batch(cx, s);
   at::Tensor grad_pre = at::empty({s.rows, 4 * hidden}, input.options());
-  const RecurrentGemm recurrent(w_hh.t(), batch);
+  const RecurrentWeight w = backend.prepare(w_hh, batch, s.steps(), true);
   for (int64_t k = s.steps() - 1; k >= 0; --k) {
     const int64_t t = step_at(s, k, reverse), rows = s.batch_sizes[t];
     if (rows == 0) continue;
     at::Tensor grad_h_t = grad_h.narrow(0, 0, rows), grad_c_t = grad_c.narrow(0, 0, rows),
                grad_c_prev_t = grad_c_prev.narrow(0, 0, rows), grad_pre_t = step_rows(grad_pre, s, t);
     grad_h_t.add_(step_rows(grad_out, s, t));
+    // The step leaves the gradient of h_prev in grad_h_t; after the last step visited only
+    // hx's gradient would read it.
+    at::Tensor grad_h_prev = k > 0 || output_mask[1] ? grad_h_t : at::Tensor();
     backend.step_backward(grad_h_t, grad_c_t, step_rows(gates_rows, s, t),
-                          state_before(cells_rows, c0, s, t, reverse), step_rows(cells_rows, s, t), grad_pre_t,
-                          grad_c_prev_t);
+                          state_before(cells_rows, c0, s, t, reverse), step_rows(cells_rows, s, t), w, grad_pre_t,
+                          grad_c_prev_t, grad_h_prev);
     grad_c_t.copy_(grad_c_prev_t);
-    // After the last step visited, only hx's gradient would read the recurrent one.
-    if (k > 0 || output_mask[1]) grad_h_t.copy_(recurrent(grad_pre_t));
   }
 
   at::Tensor grad_input, grad_w_ih, grad_w_hh;

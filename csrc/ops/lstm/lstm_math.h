@@ -60,17 +60,17 @@ DLL_HOST_DEVICE CellGrads<T> cell_grads(T dh, T dc, T i, T f, T g, T o, T c_prev
   return d;
 }
 
-// The fused step for hidden unit j of one batch row, over the row's buffers: pre (4H
-// pre-activations without biases), bias (4H, b_ih + b_hh in acc_t), gates (4H, written), and
-// c_prev, c, h (H). What both backends' kernels run for every unit.
+// The fused step for hidden unit j of one batch row, over the row's buffers: gates (4H, the
+// pre-activations without biases on entry, the activated gates on return: each unit reads
+// its four entries before writing them, so the step runs in place), bias (4H, b_ih + b_hh in
+// acc_t), and c_prev, c, h (H). What both backends' kernels run for every unit.
 template <typename scalar_t, typename acc_t>
-DLL_HOST_DEVICE void step_forward_unit(const scalar_t* pre, const acc_t* bias, const scalar_t* c_prev,
-                                       scalar_t* h, scalar_t* c, scalar_t* gates, int64_t j,
-                                       int64_t hidden) {
+DLL_HOST_DEVICE void step_forward_unit(const acc_t* bias, const scalar_t* c_prev, scalar_t* h, scalar_t* c,
+                                       scalar_t* gates, int64_t j, int64_t hidden) {
   const CellState<acc_t> s = cell_state(
-      acc_t(pre[j]) + bias[j], acc_t(pre[hidden + j]) + bias[hidden + j],
-      acc_t(pre[2 * hidden + j]) + bias[2 * hidden + j],
-      acc_t(pre[3 * hidden + j]) + bias[3 * hidden + j], acc_t(c_prev[j]));
+      acc_t(gates[j]) + bias[j], acc_t(gates[hidden + j]) + bias[hidden + j],
+      acc_t(gates[2 * hidden + j]) + bias[2 * hidden + j],
+      acc_t(gates[3 * hidden + j]) + bias[3 * hidden + j], acc_t(c_prev[j]));
   gates[j] = scalar_t(s.i);
   gates[hidden + j] = scalar_t(s.f);
   gates[2 * hidden + j] = scalar_t(s.g);

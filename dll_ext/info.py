@@ -24,6 +24,12 @@ def attention_tiles() -> dict:
             for dtype, size in (("float32", 4), ("float64", 8)) for keys in (512, 4096)}
 
 
+def lstm_unit_blocks() -> dict:
+    """The edges of the blocks of hidden units the CPU LSTM steps split into (one per thread
+    while each has enough work), for batch 32 and hidden sizes 256 and 1024."""
+    return {f"B32/H{hidden}": torch.ops.dll_ext._lstm_cpu_unit_blocks(32, hidden) for hidden in (256, 1024)}
+
+
 def info() -> dict:
     """A dict describing the build and the running environment."""
     config = build_config()
@@ -39,7 +45,7 @@ def info() -> dict:
         "cuda_archs": config.CUDA_ARCHS,
         "cuda_available": torch.cuda.is_available(),
         "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "cpu": {**cpu_info(), "attention_tiles": attention_tiles()},
+        "cpu": {**cpu_info(), "attention_tiles": attention_tiles(), "lstm_unit_blocks": lstm_unit_blocks()},
         "sanitized_build": config.SANITIZE,
         "ops": ops,
         "dtypes": {op: {device: [str(t).removeprefix("torch.") for t in supported_dtypes(op, device)]
@@ -55,7 +61,9 @@ def format_info(data: dict) -> str:
               f"  {'threads':22} {cpu['threads']} (of {cpu['logical_cpus']} logical CPUs)",
               f"  {'caches':22} {format_caches(cpu['caches'])}",
               f"  {'attention tiles':22} " + ", ".join(f"{case} {rows}x{keys}"
-                                                      for case, (rows, keys) in cpu["attention_tiles"].items())]
+                                                      for case, (rows, keys) in cpu["attention_tiles"].items()),
+              f"  {'lstm unit blocks':22} " + ", ".join(f"{case} {edges}"
+                                                       for case, edges in cpu["lstm_unit_blocks"].items())]
     lines.append("ops:")
     lines += [f"  {op:22} {', '.join(keys)}" for op, keys in data["ops"].items()]
     lines.append("dtypes:")

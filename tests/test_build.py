@@ -74,6 +74,8 @@ def test_info_describes_the_cpu():
     # The attention tiles this CPU's cache gives, as the kernels choose them.
     assert cpu["attention_tiles"]["float32/S512"] == torch.ops.dll_ext._attention_cpu_tiles(512, 4)
     assert "attention tiles" in text
+    assert cpu["lstm_unit_blocks"]["B32/H256"] == torch.ops.dll_ext._lstm_cpu_unit_blocks(32, 256)
+    assert "lstm unit blocks" in text
 
 
 def test_info_command():

@@ -267,6 +267,19 @@ def test_parity_cpu(shape, bias, dtype, layout):
 
 
 @pytest.mark.parametrize("dtype", CPU_DTYPES, ids=str)
+def test_parity_cpu_several_unit_blocks(dtype):
+    # With 3 threads the CPU step splits these hidden units into 3 blocks (the last off a
+    # 16-unit step), each running its own slices of the GEMMs.
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        assert len(torch.ops.dll_ext._lstm_cpu_unit_blocks(64, 200)) == 4
+        check_parity((64, 24, 200), True, dtype, "cpu", "noncontiguous_weights")
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("dtype", CPU_DTYPES, ids=str)
 def test_parity_saturated_gates(dtype):
     # Large pre-activations: sigmoid / tanh saturate, where naive formulas overflow to NaN.
     check_parity((4, 6, 5), True, dtype, "cpu", "contiguous", scale=40.0)

@@ -128,6 +128,43 @@ def test_layer_matches_reference(dtype, shape, bias, lengths, reverse):
     check_against_reference(case, LENGTHS[lengths](T, B), reverse, 1e-10 if dtype == torch.float64 else 2e-5)
 
 
+@pytest.fixture
+def threads():
+    """torch.set_num_threads for one test: the CPU steps split the hidden units into a block
+    per thread."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+def test_cpu_unit_blocks_split_the_units_in_whole_steps(threads):
+    threads(3)
+    blocks = torch.ops.dll_ext._lstm_cpu_unit_blocks
+    assert blocks(64, 200) == [0, 64, 128, 200]  # the last ends off a 16-unit step
+    assert blocks(8, 200) == [0, 200]  # too little work to share
+    assert blocks(4096, 20) == [0, 20]  # too narrow to share
+    assert blocks(0, 0) == [0, 0]
+    threads(1)
+    assert blocks(64, 200) == [0, 200]
+    with pytest.raises(ValueError, match="must be >= 0"):
+        blocks(-1, 4)
+
+
+@pytest.mark.parametrize("steps", [1, 5], ids=["1step", "5steps"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("lengths", ["none", "unsorted"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_several_unit_blocks_match_reference(threads, dtype, lengths, reverse, steps):
+    # Three blocks of hidden units (see above), each with its own slice of W_hh: in float32
+    # over several steps packed once for the op call (MKL), else BLAS per step. Unsorted
+    # lengths shrink later steps below the rows the weights were packed for.
+    threads(3)
+    T, B, D, H = steps, 64, 24, 200
+    assert len(torch.ops.dll_ext._lstm_cpu_unit_blocks(B, H)) == 4
+    case = make_layer_case(T, B, D, H, True, dtype)
+    check_against_reference(case, LENGTHS[lengths](T, B), reverse, 1e-10 if dtype == torch.float64 else 5e-5)
+
+
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 def test_trailing_steps_where_every_sequence_has_ended(dtype, reverse):

@@ -2,6 +2,7 @@
 // the dtype table, the argument checks (each message starts with the op's name and names the
 // argument) and the bias row.
 #include <ATen/OpMathType.h>
+#include <torch/library.h>
 
 #include <string>
 
@@ -68,3 +69,12 @@ at::Tensor bias_row(const at::Tensor& like, const std::optional<at::Tensor>& b_i
 }
 
 }  // namespace dll_ext::lstm
+
+TORCH_LIBRARY_FRAGMENT(dll_ext, m) {
+  // The CPU steps' blocks of hidden units for `rows` rows of `hidden` units on this machine's
+  // thread count: what `dll-ext info` shows and the tests cover.
+  m.def("_lstm_cpu_unit_blocks(int rows, int hidden) -> int[]", [](int64_t rows, int64_t hidden) {
+    TORCH_CHECK_VALUE(rows >= 0 && hidden >= 0, "_lstm_cpu_unit_blocks: rows and hidden must be >= 0");
+    return dll_ext::lstm::cpu_unit_blocks(rows, hidden);
+  });
+}

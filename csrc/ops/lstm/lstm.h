@@ -13,6 +13,7 @@
 #include <array>
 #include <optional>
 #include <tuple>
+#include <vector>
 
 #include "common/registration.h"
 
@@ -44,6 +45,10 @@ struct Backend {
                         const at::Tensor& c_prev, const at::Tensor& c, const RecurrentWeight& w_hh,
                         at::Tensor& grad_pre, at::Tensor& grad_c_prev, at::Tensor& grad_h_prev);
 };
+
+// The edges of the blocks of hidden units a CPU step of `rows` rows splits into (blocks + 1
+// values, from 0 to hidden): one block per thread while each has enough work.
+std::vector<int64_t> cpu_unit_blocks(int64_t rows, int64_t hidden);
 
 // Argument checks shared by the ops; `op` starts every message.
 void check_shape(const char* op, const at::Tensor& t, at::IntArrayRef expected, const char* name,

@@ -245,6 +245,13 @@ constexpr Backend kCpu{prepare_cpu, step_forward_cpu, step_backward_cpu};
 
 }  // namespace
 
+std::vector<int64_t> cpu_unit_blocks(int64_t rows, int64_t hidden) {
+  const int64_t blocks = unit_blocks(rows, hidden);
+  std::vector<int64_t> edges{0};
+  for (int64_t b = 0; b < blocks; ++b) edges.push_back(unit_range(b, blocks, hidden).second);
+  return edges;
+}
+
 }  // namespace dll_ext::lstm
 
 TORCH_LIBRARY_IMPL(dll_ext, CPU, m) {

@@ -517,6 +517,28 @@ def test_opcheck_lstm_layer_backward(grads):
                            [True, grads == "all", True, True]))
 
 
+@pytest.mark.parametrize("mask", [(True, False, True, False), (False, False, False, True), (False, True, False, False),
+                                  (False, False, True, True)], ids=str)
+def test_backward_op_computes_only_the_gradients_asked_for(mask):
+    # output_mask is (input, hx, w_ih, w_hh); the weight gradients share one GEMM when both
+    # are asked for. What is computed equals the full backward's; the rest is None.
+    case = [t.detach() for t in make_layer_case(5, 3, 2, 4, True, torch.float64)]
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh = case
+    lengths = torch.tensor([2, 5, 4])
+    out, h, c, gates, cells = torch.ops.dll_ext._lstm_layer_forward(x, lengths, None, h0, c0, w_ih, w_hh, b_ih, b_hh,
+                                                                     False)
+    grads = (torch.randn_like(out), torch.randn_like(h), torch.randn_like(c))
+    args = (*grads, x, lengths, None, h0, c0, w_ih, w_hh, out, gates, cells, True, False)
+    full = torch.ops.dll_ext.lstm_layer_backward(*args, [True] * 4)
+    part = torch.ops.dll_ext.lstm_layer_backward(*args, list(mask))
+    for index, wanted in zip((0, 1, 3, 4), mask):
+        assert (part[index] is not None) == wanted, index
+        if wanted:
+            torch.testing.assert_close(part[index], full[index], rtol=0, atol=1e-12)
+    torch.testing.assert_close(part[2], full[2], rtol=0, atol=1e-12)  # cx's and the bias's: always
+    torch.testing.assert_close(part[5], full[5], rtol=0, atol=1e-12)
+
+
 # ========================================================================================
 # 6. torch.compile
 # ========================================================================================

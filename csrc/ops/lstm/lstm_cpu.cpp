@@ -90,14 +90,14 @@ DLL_CPU_CLONES void step_forward_units_adding(const float* __restrict__ recurren
 }
 
 template <typename scalar_t>
-DLL_CPU_CLONES void step_backward_units(const scalar_t* __restrict__ grad_h, const scalar_t* __restrict__ grad_c,
-                                        const scalar_t* __restrict__ gates, const scalar_t* __restrict__ c_prev,
-                                        const scalar_t* __restrict__ c, scalar_t* __restrict__ grad_pre,
-                                        scalar_t* __restrict__ grad_c_prev, int64_t first, int64_t last,
+DLL_CPU_CLONES void step_backward_units(const scalar_t* __restrict__ grad_h, const scalar_t* __restrict__ grad_out,
+                                        scalar_t* __restrict__ grad_c, const scalar_t* __restrict__ gates,
+                                        const scalar_t* __restrict__ c_prev, const scalar_t* __restrict__ c,
+                                        scalar_t* __restrict__ grad_pre, int64_t first, int64_t last,
                                         int64_t hidden) {
   for (int64_t j = first; j < last; ++j) {
-    step_backward_unit<scalar_t, at::opmath_type<scalar_t>>(grad_h, grad_c, gates, c_prev, c, grad_pre,
-                                                            grad_c_prev, j, hidden);
+    step_backward_unit<scalar_t, at::opmath_type<scalar_t>>(grad_h, grad_out, grad_c, gates, c_prev, c, grad_pre,
+                                                            j, hidden);
   }
 }
 
@@ -186,15 +186,14 @@ void step_forward_kernel(const scalar_t* h_prev, const scalar_t* c_prev, const R
 }
 
 template <typename scalar_t>
-void step_backward_kernel(const scalar_t* grad_h, const scalar_t* grad_c, const scalar_t* gates,
+void step_backward_kernel(const scalar_t* grad_h, const scalar_t* grad_out, scalar_t* grad_c, const scalar_t* gates,
                           const scalar_t* c_prev, const scalar_t* c, const RecurrentWeight& weight,
-                          scalar_t* grad_pre, scalar_t* grad_c_prev, scalar_t* grad_h_prev, int64_t rows,
-                          int64_t hidden) {
+                          scalar_t* grad_pre, scalar_t* grad_h_prev, int64_t rows, int64_t hidden) {
   for_unit_blocks(weight.blocks, hidden, [&](int64_t, int64_t first, int64_t last) {
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t row = r * hidden;
-      step_backward_units(grad_h + row, grad_c + row, gates + 4 * row, c_prev + row, c + row, grad_pre + 4 * row,
-                          grad_c_prev + row, first, last, hidden);
+      step_backward_units(grad_h + row, grad_out + row, grad_c + row, gates + 4 * row, c_prev + row, c + row,
+                          grad_pre + 4 * row, first, last, hidden);
     }
   });
   if constexpr (kHasBlas<scalar_t>) {
@@ -226,15 +225,15 @@ void step_forward_cpu(const at::Tensor& h_prev, const at::Tensor& c_prev, const 
   });
 }
 
-void step_backward_cpu(const at::Tensor& grad_h, const at::Tensor& grad_c, const at::Tensor& gates,
-                       const at::Tensor& c_prev, const at::Tensor& c, const RecurrentWeight& w_hh,
-                       at::Tensor& grad_pre, at::Tensor& grad_c_prev, at::Tensor& grad_h_prev) {
+void step_backward_cpu(const at::Tensor& grad_h, const at::Tensor& grad_out, at::Tensor& grad_c,
+                       const at::Tensor& gates, const at::Tensor& c_prev, const at::Tensor& c,
+                       const RecurrentWeight& w_hh, at::Tensor& grad_pre, at::Tensor& grad_h_prev) {
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, gates.scalar_type(), "lstm_step_backward_cpu", [&] {
     step_backward_kernel<scalar_t>(
-        grad_h.const_data_ptr<scalar_t>(), grad_c.const_data_ptr<scalar_t>(), gates.const_data_ptr<scalar_t>(),
-        c_prev.const_data_ptr<scalar_t>(), c.const_data_ptr<scalar_t>(), w_hh, grad_pre.data_ptr<scalar_t>(),
-        grad_c_prev.data_ptr<scalar_t>(), grad_h_prev.defined() ? grad_h_prev.data_ptr<scalar_t>() : nullptr,
-        c.size(0), c.size(1));
+        grad_h.const_data_ptr<scalar_t>(), grad_out.const_data_ptr<scalar_t>(), grad_c.data_ptr<scalar_t>(),
+        gates.const_data_ptr<scalar_t>(), c_prev.const_data_ptr<scalar_t>(),
+        c.const_data_ptr<scalar_t>(), w_hh, grad_pre.data_ptr<scalar_t>(),
+        grad_h_prev.defined() ? grad_h_prev.data_ptr<scalar_t>() : nullptr, c.size(0), c.size(1));
     if constexpr (!kHasBlas<scalar_t>) {
       if (grad_h_prev.defined()) at::mm_out(grad_h_prev, grad_pre, w_hh.weight);
     }

@@ -29,16 +29,16 @@ __global__ void step_forward_kernel(const at::opmath_type<scalar_t>* __restrict_
 }
 
 template <typename scalar_t>
-__global__ void step_backward_kernel(const scalar_t* __restrict__ grad_h, const scalar_t* __restrict__ grad_c,
-                                     const scalar_t* __restrict__ gates, const scalar_t* __restrict__ c_prev,
-                                     const scalar_t* __restrict__ c, scalar_t* __restrict__ grad_pre,
-                                     scalar_t* __restrict__ grad_c_prev, int64_t units, int64_t hidden) {
+__global__ void step_backward_kernel(const scalar_t* __restrict__ grad_h, const scalar_t* __restrict__ grad_out,
+                                     scalar_t* __restrict__ grad_c, const scalar_t* __restrict__ gates,
+                                     const scalar_t* __restrict__ c_prev, const scalar_t* __restrict__ c,
+                                     scalar_t* __restrict__ grad_pre, int64_t units, int64_t hidden) {
   for (int64_t u = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; u < units;
        u += int64_t(gridDim.x) * blockDim.x) {
     const int64_t row = u / hidden, offset = row * hidden;
     step_backward_unit<scalar_t, at::opmath_type<scalar_t>>(
-        grad_h + offset, grad_c + offset, gates + 4 * offset, c_prev + offset, c + offset,
-        grad_pre + 4 * offset, grad_c_prev + offset, u % hidden, hidden);
+        grad_h + offset, grad_out + offset, grad_c + offset, gates + 4 * offset, c_prev + offset, c + offset,
+        grad_pre + 4 * offset, u % hidden, hidden);
   }
 }
 
@@ -59,17 +59,17 @@ void step_forward_cuda(const at::Tensor& h_prev, const at::Tensor& c_prev, const
   });
 }
 
-void step_backward_cuda(const at::Tensor& grad_h, const at::Tensor& grad_c, const at::Tensor& gates,
-                        const at::Tensor& c_prev, const at::Tensor& c, const RecurrentWeight& w_hh, at::Tensor& grad_pre,
-                        at::Tensor& grad_c_prev, at::Tensor& grad_h_prev) {
+void step_backward_cuda(const at::Tensor& grad_h, const at::Tensor& grad_out, at::Tensor& grad_c,
+                        const at::Tensor& gates, const at::Tensor& c_prev, const at::Tensor& c,
+                        const RecurrentWeight& w_hh, at::Tensor& grad_pre, at::Tensor& grad_h_prev) {
   const int64_t units = c.numel();
   if (units == 0) return;
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gates.scalar_type(), "lstm_step_backward_cuda", [&] {
     step_backward_kernel<scalar_t><<<grid_for(units), kThreads, 0, stream>>>(
-        grad_h.const_data_ptr<scalar_t>(), grad_c.const_data_ptr<scalar_t>(), gates.const_data_ptr<scalar_t>(),
-        c_prev.const_data_ptr<scalar_t>(), c.const_data_ptr<scalar_t>(), grad_pre.data_ptr<scalar_t>(),
-        grad_c_prev.data_ptr<scalar_t>(), units, c.size(1));
+        grad_h.const_data_ptr<scalar_t>(), grad_out.const_data_ptr<scalar_t>(), grad_c.data_ptr<scalar_t>(),
+        gates.const_data_ptr<scalar_t>(), c_prev.const_data_ptr<scalar_t>(),
+        c.const_data_ptr<scalar_t>(), grad_pre.data_ptr<scalar_t>(), units, c.size(1));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   if (grad_h_prev.defined()) at::mm_out(grad_h_prev, grad_pre, w_hh.weight);

@@ -269,7 +269,6 @@ LayerGrads layer_backward(const Backend& backend, const std::optional<at::Tensor
   // Running gradients of each sequence's h and c, rows in sorted order; a sequence enters
   // with the gradient of its final state and leaves with that of its initial state.
   at::Tensor grad_h = sorted_or_zero(grad_hy), grad_c = sorted_or_zero(grad_cy);
-  at::Tensor grad_c_prev = at::empty_like(grad_c);
   const at::Tensor out = pack(output, s), c0 = sort_batch(cx, s);
   at::Tensor grad_pre = at::empty({s.rows, 4 * hidden}, input.options());
   const RecurrentWeight w = backend.prepare(w_hh, batch, s.steps(), true);
@@ -277,15 +276,13 @@ LayerGrads layer_backward(const Backend& backend, const std::optional<at::Tensor
     const int64_t t = step_at(s, k, reverse), rows = s.batch_sizes[t];
     if (rows == 0) continue;
     at::Tensor grad_h_t = grad_h.narrow(0, 0, rows), grad_c_t = grad_c.narrow(0, 0, rows),
-               grad_c_prev_t = grad_c_prev.narrow(0, 0, rows), grad_pre_t = step_rows(grad_pre, s, t);
-    grad_h_t.add_(step_rows(grad_out, s, t));
-    // The step leaves the gradient of h_prev in grad_h_t; after the last step visited only
-    // hx's gradient would read it.
+               grad_pre_t = step_rows(grad_pre, s, t);
+    // The step leaves the gradients of h_prev and c_prev in grad_h_t and grad_c_t; after the
+    // last step visited only hx's gradient would read the first.
     at::Tensor grad_h_prev = k > 0 || output_mask[1] ? grad_h_t : at::Tensor();
-    backend.step_backward(grad_h_t, grad_c_t, step_rows(gates_rows, s, t),
+    backend.step_backward(grad_h_t, step_rows(grad_out, s, t), grad_c_t, step_rows(gates_rows, s, t),
                           state_before(cells_rows, c0, s, t, reverse), step_rows(cells_rows, s, t), w, grad_pre_t,
-                          grad_c_prev_t, grad_h_prev);
-    grad_c_t.copy_(grad_c_prev_t);
+                          grad_h_prev);
   }
 
   at::Tensor grad_input, grad_w_ih, grad_w_hh;

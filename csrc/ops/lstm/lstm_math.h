@@ -79,22 +79,22 @@ DLL_HOST_DEVICE void step_forward_unit(const acc_t* bias, const scalar_t* c_prev
   h[j] = scalar_t(s.h);
 }
 
-// Its backward: grad_pre (4H) and grad_c_prev from grad_h and grad_c, with tanh(c)
-// recomputed from c.
+// Its backward: grad_pre (4H) from the gradients reaching h (grad_h plus grad_out, the
+// output's at this step) and c (grad_c, which is then overwritten with c_prev's: the running
+// gradient of c stays in one buffer), with tanh(c) recomputed from c.
 template <typename scalar_t, typename acc_t>
-DLL_HOST_DEVICE void step_backward_unit(const scalar_t* grad_h, const scalar_t* grad_c,
-                                        const scalar_t* gates, const scalar_t* c_prev,
-                                        const scalar_t* c, scalar_t* grad_pre,
-                                        scalar_t* grad_c_prev, int64_t j, int64_t hidden) {
+DLL_HOST_DEVICE void step_backward_unit(const scalar_t* grad_h, const scalar_t* grad_out, scalar_t* grad_c,
+                                        const scalar_t* gates, const scalar_t* c_prev, const scalar_t* c,
+                                        scalar_t* grad_pre, int64_t j, int64_t hidden) {
+  const acc_t dh = acc_t(grad_h[j]) + acc_t(grad_out[j]);
   const CellGrads<acc_t> d = cell_grads(
-      acc_t(grad_h[j]), acc_t(grad_c[j]), acc_t(gates[j]), acc_t(gates[hidden + j]),
-      acc_t(gates[2 * hidden + j]), acc_t(gates[3 * hidden + j]), acc_t(c_prev[j]),
-      fast_tanh(acc_t(c[j])));
+      dh, acc_t(grad_c[j]), acc_t(gates[j]), acc_t(gates[hidden + j]), acc_t(gates[2 * hidden + j]),
+      acc_t(gates[3 * hidden + j]), acc_t(c_prev[j]), fast_tanh(acc_t(c[j])));
   grad_pre[j] = scalar_t(d.pre_i);
   grad_pre[hidden + j] = scalar_t(d.pre_f);
   grad_pre[2 * hidden + j] = scalar_t(d.pre_g);
   grad_pre[3 * hidden + j] = scalar_t(d.pre_o);
-  grad_c_prev[j] = scalar_t(d.c_prev);
+  grad_c[j] = scalar_t(d.c_prev);
 }
 
 }  // namespace dll_ext::lstm

@@ -40,8 +40,8 @@ struct Backend {
                        const at::Tensor& bias, at::Tensor& gates, at::Tensor& h, at::Tensor& c);
   // Its backward: grad_pre from the gradients reaching h (grad_h plus grad_out, the output's
   // at this step) and c (grad_c, which the step overwrites with c_prev's), tanh(c)
-  // recomputed from c; then, when grad_h_prev is defined, grad_pre W_hh
-  // into it. grad_h_prev may be grad_h itself: it is written only after every read of grad_h.
+  // recomputed from c; then, when grad_h_prev is defined, grad_pre W_hh into it. grad_h_prev
+  // may be grad_h itself: it is written only after every read of grad_h.
   void (*step_backward)(const at::Tensor& grad_h, const at::Tensor& grad_out, at::Tensor& grad_c,
                         const at::Tensor& gates, const at::Tensor& c_prev, const at::Tensor& c,
                         const RecurrentWeight& w_hh, at::Tensor& grad_pre, at::Tensor& grad_h_prev);

@@ -51,13 +51,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   if (grad_hy && grad_hy->defined()) check_state(op, *grad_hy, input, batch, hidden, "grad_hy");
   if (grad_cy && grad_cy->defined()) check_state(op, *grad_cy, input, batch, hidden, "grad_cy");
   // An undefined gradient is zero; materialised so the backends' step loads unconditionally.
-  // grad_c is the step's own buffer: it leaves holding cx's gradient.
-  const at::Tensor grad_h = grad_hy && grad_hy->defined() ? grad_hy->contiguous() : at::zeros_like(cy);
+  // A cell has no output besides h: the step's output gradient is zero too. grad_c is the
+  // step's own buffer: it leaves holding cx's gradient.
+  const at::Tensor zeros = at::zeros_like(cy);
+  const at::Tensor grad_h = grad_hy && grad_hy->defined() ? grad_hy->contiguous() : zeros;
   at::Tensor grad_cx =
       grad_cy && grad_cy->defined() ? grad_cy->clone(at::MemoryFormat::Contiguous) : at::zeros_like(cy);
   at::Tensor grad_pre = at::empty_like(workspace);
   at::Tensor grad_hx = output_mask[1] ? at::empty_like(cy) : at::Tensor();
-  backend.step_backward(grad_h, at::zeros_like(cy), grad_cx, workspace.contiguous(), cx.contiguous(), cy.contiguous(),
+  backend.step_backward(grad_h, zeros, grad_cx, workspace.contiguous(), cx.contiguous(), cy.contiguous(),
                         backend.prepare(w_hh, batch, 1, true), grad_pre, grad_hx);
   // Only the GEMMs whose gradient is wanted (output_mask: input, hx, w_ih, w_hh): a loop
   // over a sequence's inputs, say, needs no input gradient. The weight gradients are single

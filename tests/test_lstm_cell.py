@@ -179,7 +179,9 @@ NATIVE_FP32 = dict(rtol=1e-5, atol=1e-5)
 # ========================================================================================
 
 # (B, D, H)
-SHAPES = [(1, 1, 1), (3, 5, 1), (4, 1, 6), (2, 7, 4), (5, 3, 10), (8, 16, 32)]
+# From 16 rows the CPU step computes its pre-activations transposed (W x^T): 15 and 16 rows
+# are either side of that switch.
+SHAPES = [(1, 1, 1), (3, 5, 1), (4, 1, 6), (2, 7, 4), (5, 3, 10), (8, 16, 32), (15, 6, 9), (16, 6, 9), (33, 8, 20)]
 
 
 def parity_draw(shape, bias, dtype, device, layout, scale=1.0):
@@ -464,7 +466,7 @@ def test_module_loop_using_only_final_c():
 # 4. gradcheck / gradgradcheck (float64)
 # ========================================================================================
 
-GRADCHECK_SHAPES = [(3, 4, 5), (1, 1, 1), (2, 3, 2)]
+GRADCHECK_SHAPES = [(3, 4, 5), (1, 1, 1), (2, 3, 2), (16, 3, 2)]
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "noncontiguous"])

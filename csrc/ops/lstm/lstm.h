@@ -45,6 +45,11 @@ struct Backend {
   void (*step_backward)(const at::Tensor& grad_h, const at::Tensor& grad_out, at::Tensor& grad_c,
                         const at::Tensor& gates, const at::Tensor& c_prev, const at::Tensor& c,
                         const RecurrentWeight& w_hh, at::Tensor& grad_pre, at::Tensor& grad_h_prev);
+  // A cell's single step from its input: both GEMMs, then step_forward's pointwise math.
+  // Returns the activated gates; h and c are written.
+  at::Tensor (*cell_step_forward)(const at::Tensor& input, const at::Tensor& h_prev, const at::Tensor& c_prev,
+                                  const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& bias,
+                                  at::Tensor& h, at::Tensor& c);
 };
 
 // The edges of the blocks of hidden units a CPU step of `rows` rows splits into (blocks + 1

@@ -26,14 +26,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cell_forward(
     const at::Tensor& w_ih, const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
     const std::optional<at::Tensor>& b_hh) {
   check_args(input, hx, cx, w_ih, w_hh, b_ih, b_hh);
-  // The input's GEMM into the gates buffer; the backend's step adds the recurrent one and the
-  // biases.
-  at::Tensor gates = at::mm(input, w_ih.t());
   const int64_t hidden = w_hh.size(1);
   at::Tensor hy = at::empty({input.size(0), hidden}, input.options());
   at::Tensor cy = at::empty_like(hy);
-  backend.step_forward(hx, cx, backend.prepare(w_hh, input.size(0), 1, false), bias_row(gates, b_ih, b_hh, hidden),
-                       gates, hy, cy);
+  at::Tensor gates = backend.cell_step_forward(input, hx, cx, w_ih, w_hh, bias_row(input, b_ih, b_hh, hidden), hy, cy);
   return {hy, cy, gates};
 }
 

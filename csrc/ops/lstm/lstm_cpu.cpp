@@ -8,11 +8,15 @@
 // passes: the pointwise math per block of units, then the GEMM per block of h_prev's
 // columns.
 //
+// A cell's single step (lstm_cell) of kTransposedCellRows rows or more runs both GEMMs as
+// ATen's, transposed (W x^T), where MKL is faster for such rows, then the same pointwise pass
+// per block of units; fewer rows get ATen's x W_ih^T and the fused step above.
+//
 // The GEMMs are BLAS on raw pointers (common/blas.h). In float, where MKL's packed GEMM is
 // there, each block's slice of W_hh is packed once per op call rather than by every step's
 // GEMM: one thread's 128-unit block of a B32 H256 step took about 120 us with sgemm_ per gate
-// (repacking every call) and about 70 us packed, in a microbenchmark on a Xeon core. bfloat16 has no BLAS here: ATen's GEMM, then the same pointwise
-// passes.
+// (repacking every call) and about 70 us packed, in a microbenchmark on a Xeon core.
+// bfloat16 has no BLAS here: ATen's GEMM, then the same pointwise passes.
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
@@ -35,6 +39,11 @@ constexpr int64_t kGrain = 4096;
 // Block edges fall on multiples of this many units, so each block's unit loops run in whole
 // vectors (16 floats in an AVX-512 register).
 constexpr int64_t kUnitStep = 16;
+
+// Rows from which a cell's step computes its pre-activations transposed, W x^T: MKL ran
+// x W^T (4H output columns) up to 2x slower than W x^T for 16 to 48 rows, and faster below 16
+// (Xeon, H 256 to 1024).
+constexpr int64_t kTransposedCellRows = 16;
 
 template <typename T>
 constexpr bool kHasBlas = std::is_same_v<T, float> || std::is_same_v<T, double>;
@@ -240,7 +249,47 @@ void step_backward_cpu(const at::Tensor& grad_h, const at::Tensor& grad_out, at:
   });
 }
 
-constexpr Backend kCpu{prepare_cpu, step_forward_cpu, step_backward_cpu};
+// Row r of the (4H, rows) pre-activations `pre_t` into `gates_row` (4H), units [first, last)
+// of each gate: a strided read, but consecutive rows read the same cache lines.
+template <typename scalar_t>
+DLL_CPU_CLONES void copy_gate_row(const scalar_t* __restrict__ pre_t, scalar_t* __restrict__ gates_row, int64_t r,
+                                  int64_t rows, int64_t first, int64_t last, int64_t hidden) {
+  for (int64_t g = 0; g < 4; ++g) {
+    for (int64_t j = first; j < last; ++j) gates_row[g * hidden + j] = pre_t[(g * hidden + j) * rows + r];
+  }
+}
+
+at::Tensor cell_step_forward_cpu(const at::Tensor& input, const at::Tensor& h_prev, const at::Tensor& c_prev,
+                                 const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& bias,
+                                 at::Tensor& h, at::Tensor& c) {
+  const int64_t rows = input.size(0), hidden = w_hh.size(1);
+  if (rows < kTransposedCellRows) {
+    at::Tensor gates = at::mm(input, w_ih.t());
+    step_forward_cpu(h_prev, c_prev, prepare_cpu(w_hh, rows, 1, false), bias, gates, h, c);
+    return gates;
+  }
+  const at::Tensor pre_t = at::mm(w_ih, input.t()).addmm_(w_hh, h_prev.t());
+  at::Tensor gates = at::empty({rows, 4 * hidden}, input.options());
+  const at::Tensor c_rows = c_prev.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, gates.scalar_type(), "lstm_cell_step_forward_cpu", [&] {
+    const scalar_t* pre = pre_t.const_data_ptr<scalar_t>();
+    const scalar_t* c_in = c_rows.const_data_ptr<scalar_t>();
+    const auto* bias_data = bias.const_data_ptr<at::opmath_type<scalar_t>>();
+    scalar_t* gates_data = gates.data_ptr<scalar_t>();
+    scalar_t* h_data = h.data_ptr<scalar_t>();
+    scalar_t* c_data = c.data_ptr<scalar_t>();
+    for_unit_blocks(unit_blocks(rows, hidden), hidden, [&](int64_t, int64_t first, int64_t last) {
+      for (int64_t r = 0; r < rows; ++r) {
+        copy_gate_row(pre, gates_data + r * 4 * hidden, r, rows, first, last, hidden);
+        step_forward_units(bias_data, c_in + r * hidden, h_data + r * hidden, c_data + r * hidden,
+                           gates_data + r * 4 * hidden, first, last, hidden);
+      }
+    });
+  });
+  return gates;
+}
+
+constexpr Backend kCpu{prepare_cpu, step_forward_cpu, step_backward_cpu, cell_step_forward_cpu};
 
 }  // namespace
 

@@ -75,7 +75,15 @@ void step_backward_cuda(const at::Tensor& grad_h, const at::Tensor& grad_out, at
   if (grad_h_prev.defined()) at::mm_out(grad_h_prev, grad_pre, w_hh.weight);
 }
 
-constexpr Backend kCuda{prepare_cuda, step_forward_cuda, step_backward_cuda};
+at::Tensor cell_step_forward_cuda(const at::Tensor& input, const at::Tensor& h_prev, const at::Tensor& c_prev,
+                                  const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& bias,
+                                  at::Tensor& h, at::Tensor& c) {
+  at::Tensor gates = at::mm(input, w_ih.t());
+  step_forward_cuda(h_prev, c_prev, prepare_cuda(w_hh, 0, 1, false), bias, gates, h, c);
+  return gates;
+}
+
+constexpr Backend kCuda{prepare_cuda, step_forward_cuda, step_backward_cuda, cell_step_forward_cuda};
 
 }  // namespace
 

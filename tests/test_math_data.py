@@ -407,6 +407,18 @@ def test_vocabulary_names_unknown_characters():
     assert vocabulary.encode("2x", map_unknown=True).tolist()[1] == vocabulary.unk_id
 
 
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_printable_ascii_vocabulary_encodes_every_generated_pair(module):
+    vocabulary = Seq2SeqVocabulary.printable_ascii()
+    assert vocabulary.symbols[:4] == SPECIALS and len(vocabulary) == 4 + 95
+    assert vocabulary.encode(" ~").tolist() == [4, 98]
+    train, test = generate_splits(module, 300, 300, seed=3)
+    for question, answer in train + test:
+        assert vocabulary.decode(vocabulary.encode(question + answer)) == question + answer
+    with pytest.raises(DataError, match=r"characters not in the vocabulary: '\\t' \(U\+0009\), 'é' \(U\+00E9\)$"):
+        vocabulary.encode("é\t")
+
+
 def test_vocabulary_checkpoint_form_is_plain_and_loads_back(tmp_path):
     vocabulary = Seq2SeqVocabulary.from_pairs(generate("comparison__sort", 50, 0))
     state = vocabulary.to_dict()

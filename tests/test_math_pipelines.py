@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from dll_ext.cli import main
-from dll_ext.data.math import write_dataset
+from dll_ext.data.math import read_pairs, write_dataset, write_pairs
 from dll_ext.training import load_checkpoint
 from dll_ext.training.pipelines.seq2seq import load_math_model
 from conftest import run_command
@@ -93,6 +93,27 @@ def test_several_modules_from_a_data_dir(name, tmp_path):
     assert m["steps"] == 9
 
 
+def test_test_split_characters_the_training_pairs_lack(tmp_path):
+    """Like the released train-easy place_value files, which never say "millions": training
+    pairs without 'l' or 'm', test questions with them. Every test question is answered."""
+    root = tmp_path / "mathematics_dataset-v1.0"
+    write_dataset(str(root), [PLACE_VALUE], 400, 20, seed=2)
+    train_file = root / "train-easy" / f"{PLACE_VALUE}.txt"
+    lines = train_file.read_text().splitlines()
+    kept = [(q, a) for q, a in zip(lines[::2], lines[1::2]) if not {"l", "m"} & set(q + a)]
+    assert len(kept) >= 100
+    write_pairs(str(train_file), kept)
+    test_pairs = read_pairs(str(root / "interpolate" / f"{PLACE_VALUE}.txt"))
+    write_pairs(str(root / "interpolate" / f"{PLACE_VALUE}.txt"),
+                test_pairs + [("What is the ten millions digit of 123456789?", "2")])
+    out = tmp_path / "run"
+    assert train("math-transformer", out, "--data-dir", str(tmp_path), "--epochs", "1", "--val-size", "20",
+                 "--d-model", "32", "--beam", "2") == 0
+    assert 0 <= metrics(out)["test_greedy_exact_match"][PLACE_VALUE] <= 1
+    model, vocabulary = load_math_model(out / "best.pt")
+    assert vocabulary.encode("millions!").min() > vocabulary.unk_id
+
+
 def test_bad_options_and_data_are_one_line_errors(tmp_path, capsys):
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as exit_info:
@@ -131,6 +152,8 @@ def test_answer_bad_input(quick_run, tmp_path, capsys):
     for question, fragment in (("What is the tens digit of 12€4?", "'€' (U+20AC)"), ("", "the question is empty"),
                                ("1" * 161, "at most 160")):
         assert_user_error(capsys, answer(out, question), fragment)
+    # Printable ASCII the training questions never held is answered, not refused.
+    assert answer(out, "Which digit of 7 is the units digit?!") == 0 and capsys.readouterr().out.count("\n") == 1
     assert_user_error(capsys, main(["answer", "--checkpoint", str(tmp_path / "none.pt"), "1+1"]), "no checkpoint")
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     assert_user_error(capsys, main(["answer", "--checkpoint", str(tmp_path / "bad.pt"), "1+1"]), "cannot read")

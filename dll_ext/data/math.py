@@ -28,9 +28,9 @@ from dll_ext.data.errors import DataError
 from dll_ext.data.files import require_folder
 from dll_ext.data.text import Vocabulary, read_text
 
-__all__ = ["DATASET_FOLDER", "MAX_ANSWER_LENGTH", "MAX_QUESTION_LENGTH", "MODULES", "SPLITS", "TRAIN_DIFFICULTIES",
-           "MathDataset", "Seq2SeqBatch", "Seq2SeqCollate", "Seq2SeqVocabulary", "dataset_root", "generate",
-           "generate_splits", "list_modules", "load_pairs", "read_pairs", "write_dataset", "write_pairs"]
+__all__ = ["DATASET_FOLDER", "MAX_ANSWER_LENGTH", "MAX_QUESTION_LENGTH", "MODULES", "PRINTABLE_ASCII", "SPLITS",
+           "TRAIN_DIFFICULTIES", "MathDataset", "Seq2SeqBatch", "Seq2SeqCollate", "Seq2SeqVocabulary", "dataset_root",
+           "generate", "generate_splits", "list_modules", "load_pairs", "read_pairs", "write_dataset", "write_pairs"]
 
 # The released dataset's limits; its generator drops longer pairs, and so does this one.
 MAX_QUESTION_LENGTH = 160
@@ -444,6 +444,9 @@ def write_dataset(folder: str, modules: Iterable[str], train_count: int, test_co
 # ----------------------------------------------------------------------------------------
 
 
+PRINTABLE_ASCII = "".join(map(chr, range(0x20, 0x7F)))
+
+
 class Seq2SeqVocabulary(Vocabulary):
     """A character Vocabulary with the specials <pad> (id 0), <sos> (1), <eos> (2) and <unk> (3)
     before the characters: a decoder reads <sos> first and writes <eos> last."""
@@ -459,6 +462,13 @@ class Seq2SeqVocabulary(Vocabulary):
     def from_pairs(cls, pairs: Iterable[Pair]) -> "Seq2SeqVocabulary":
         """Every character of the questions and answers, in code point order."""
         return cls.from_text("".join(question + answer for question, answer in pairs))
+
+    @classmethod
+    def printable_ascii(cls) -> "Seq2SeqVocabulary":
+        """Every printable ASCII character, space to '~': all that DeepMind's mathematics
+        dataset writes, so a model with it can encode any question of any module or split,
+        whichever characters its training pairs happened to hold."""
+        return cls(PRINTABLE_ASCII)
 
     def decode(self, ids: Union[Tensor, Sequence[int]], strip_specials: bool = True) -> str:
         """The text of ids. With strip_specials, the text up to the first <eos>, without <sos>

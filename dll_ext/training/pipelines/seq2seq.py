@@ -79,7 +79,9 @@ class MathTask(Task):
     def __init__(self, args, architecture: str, sizes: dict):
         train, test = _pairs(args)
         all_train = [pair for module in args.modules for pair in train[module]]
-        vocabulary = Seq2SeqVocabulary.from_pairs(all_train)
+        # Fixed, not the training pairs' characters: a test split or a user's question may
+        # hold characters the training pairs never did (no "millions" in train-easy).
+        vocabulary = Seq2SeqVocabulary.printable_ascii()
         self.vocabulary = vocabulary
         self.test_pairs = test
         config = {"architecture": architecture, "model": sizes, "modules": args.modules,

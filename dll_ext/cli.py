@@ -120,7 +120,8 @@ def main(argv=None):
     p.set_defaults(func=_train)
     p = sub.add_parser("generate", help="continue a prompt with a character LM (dll-ext train charlm)",
                        description="Print the prompt and the characters a character LM writes after it.")
-    p.add_argument("--checkpoint", required=True, help="best.pt, checkpoint.pt or averaged.pt of a charlm run")
+    p.add_argument("--checkpoint", required=True,
+                   help="a charlm run folder (its best.pt), or its best.pt, checkpoint.pt or averaged.pt")
     p.add_argument("--prompt", required=True, help="the text to continue")
     p.add_argument("--length", type=nonnegative_int, default=300, help="characters to generate")
     p.add_argument("--greedy", action="store_true", help="take the most likely character at every step")
@@ -133,7 +134,8 @@ def main(argv=None):
     p = sub.add_parser("answer", help="answer a math question with a math-transformer or math-lstm model",
                        description="Print the model's answer (greedy decoding, or the best of beam search).")
     p.add_argument("question", help="the question, in the dataset's words (e.g. 'What is the tens digit of 1234?')")
-    p.add_argument("--checkpoint", required=True, help="best.pt, checkpoint.pt or averaged.pt of a math run")
+    p.add_argument("--checkpoint", required=True,
+                   help="a math run folder (its best.pt), or its best.pt, checkpoint.pt or averaged.pt")
     p.add_argument("--beam", type=positive_int, default=1, help="beam size (1: greedy decoding)")
     p.add_argument("--nbest", type=positive_int, default=1,
                    help="print this many answers of the N-best list, each after its score")
@@ -145,8 +147,9 @@ def main(argv=None):
                        description="Write RUN_DIR/export/model.pt (torch.jit.script: the whole inference, "
                                    "generation loops included), model.pt2 (torch.export + AOTInductor: the "
                                    "forward pass, where it compiles) and export.json.")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="the --out folder of a dll-ext train run")
-    p.add_argument("--checkpoint", choices=["best", "checkpoint", "averaged"], default="best",
+    p.add_argument("run_dir", metavar="RUN_DIR",
+                   help="the --out folder of a dll-ext train run, or one of its checkpoint files")
+    p.add_argument("--checkpoint", choices=["best", "checkpoint", "averaged"], default=None,
                    help="which weights: best.pt (default), checkpoint.pt (the last epoch) or averaged.pt")
     p.add_argument("--out", default=None, help="folder for the files (default: RUN_DIR/export)")
     p.add_argument("--no-aoti", action="store_true", help="skip the AOTInductor compile (tens of seconds)")

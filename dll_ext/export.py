@@ -20,9 +20,8 @@ import torch
 import torch.nn as nn
 
 from dll_ext.training.atomic import atomic_write, save_json
-from dll_ext.training.checkpoint import load_checkpoint, load_weights
+from dll_ext.training.checkpoint import AVERAGED, BEST, CHECKPOINT, load_checkpoint, load_weights
 from dll_ext.training.errors import TrainingError
-from dll_ext.training.trainer import AVERAGED, BEST, CHECKPOINT
 
 # pipeline name -> module defining load_model, inference_module and optionally export_inputs
 # (see dll_ext.inference); a new pipeline adds its module and one line here.
@@ -124,8 +123,24 @@ def compile_aoti(module: nn.Module, spec: ModuleType, config: Dict[str, Any], pa
     return None
 
 
-def export_run(run_dir, checkpoint: str = "best", out=None, aoti: bool = True) -> Dict[str, Any]:
-    """Export a run's model (see the module's docstring); the contents of export.json."""
+def _run_and_checkpoint(path: Path, checkpoint: Optional[str]):
+    """(run folder, checkpoint name) of export's RUN_DIR, which may name one of the run's
+    checkpoint files instead; the name defaults to "best"."""
+    if not path.is_file():
+        return path, checkpoint or "best"
+    named = {file: name for name, file in CHECKPOINTS.items()}.get(path.name)
+    if named is None:
+        raise TrainingError(f"{path} is neither a run folder nor one of its checkpoints "
+                            f"({', '.join(CHECKPOINTS.values())})")
+    if checkpoint not in (None, named):
+        raise TrainingError(f"{path} is the {named!r} checkpoint, but --checkpoint asks for {checkpoint!r}")
+    return path.parent, named
+
+
+def export_run(run_dir, checkpoint: Optional[str] = None, out=None, aoti: bool = True) -> Dict[str, Any]:
+    """Export a run's model (see the module's docstring); the contents of export.json. run_dir
+    is the run folder or one of its checkpoint files; checkpoint names one (default "best")."""
+    run_dir, checkpoint = _run_and_checkpoint(Path(run_dir), checkpoint)
     pipeline, spec, module, config = load_inference_module(run_dir, checkpoint)
     out = Path(run_dir) / "export" if out is None else Path(out)
     try:

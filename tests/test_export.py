@@ -389,6 +389,16 @@ def _export_error(capsys, *argv):
     return err
 
 
+def test_export_takes_a_checkpoint_file_for_its_run(capsys, nback):
+    run = nback[0]
+    assert main(["export", str(run / "best.pt"), "--no-aoti"]) == 0
+    info = json.loads((run / "export" / "export.json").read_text())
+    assert info["checkpoint"] == str(run / "best.pt") and info["torchscript"] == "model.pt"
+    assert "is the 'best' checkpoint, but --checkpoint asks for 'checkpoint'" in _export_error(
+        capsys, run / "best.pt", "--checkpoint", "checkpoint")
+    assert "is neither a run folder nor one of its checkpoints" in _export_error(capsys, run / "metrics.json")
+
+
 def test_export_bad_run_folders(capsys, tmp_path, nback):
     assert "is not a run folder" in _export_error(capsys, tmp_path / "missing")
     assert f"no checkpoint at {tmp_path / 'best.pt'}" in _export_error(capsys, tmp_path)

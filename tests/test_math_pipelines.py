@@ -141,6 +141,9 @@ def test_answer_prints_greedy_and_nbest(quick_run, capsys):
     capsys.readouterr()
     assert answer(out, example["question"]) == 0
     assert capsys.readouterr().out == example["greedy"] + "\n"
+    # The run folder stands for its best.pt.
+    assert main(["answer", "--checkpoint", str(out), example["question"]]) == 0
+    assert capsys.readouterr().out == example["greedy"] + "\n"
     assert answer(out, example["question"], "--beam", "4", "--nbest", "3") == 0
     lines = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
     assert [text for _, text in lines] == [h["answer"] for h in example["beam"][:3]]
@@ -155,6 +158,8 @@ def test_answer_bad_input(quick_run, tmp_path, capsys):
     # Printable ASCII the training questions never held is answered, not refused.
     assert answer(out, "Which digit of 7 is the units digit?!") == 0 and capsys.readouterr().out.count("\n") == 1
     assert_user_error(capsys, main(["answer", "--checkpoint", str(tmp_path / "none.pt"), "1+1"]), "no checkpoint")
+    assert_user_error(capsys, main(["answer", "--checkpoint", str(tmp_path), "1+1"]),
+                      f"no best.pt in the folder {tmp_path}: pass a run folder")
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     assert_user_error(capsys, main(["answer", "--checkpoint", str(tmp_path / "bad.pt"), "1+1"]), "cannot read")
 

@@ -262,6 +262,8 @@ def test_generate_greedy_is_deterministic_and_sampling_seeded(capsys, lm_run):
     assert sampled[0] == sampled[1] != sampled[2]
     # top-k 1 samples the most likely character: greedy search.
     assert generate(capsys, best, "the cat ", "--length", "60", "--top-k", "1", "--seed", "3") == greedy
+    # The run folder stands for its best.pt.
+    assert generate(capsys, lm_run, "the cat ", "--length", "60", "--greedy") == greedy
 
 
 def test_charlm_state_is_carried_between_consecutive_chunks(text_file):

@@ -14,6 +14,10 @@ import torch
 from dll_ext.training.errors import TrainingError
 
 FORMAT = "dll_ext.training/1"
+# The files of a run folder (the --out of dll-ext train).
+CHECKPOINT = "checkpoint.pt"  # the last epoch's, with the optimizer's state
+BEST = "best.pt"  # the weights of the best validation epoch
+AVERAGED = "averaged.pt"  # with --average
 
 
 def _reason(e: Exception) -> str:
@@ -24,9 +28,15 @@ def _reason(e: Exception) -> str:
 
 
 def load_checkpoint(path, pipeline: Optional[str] = None) -> dict:
-    """The dict saved at `path`, read safely onto the CPU; TrainingError if it is missing, corrupt,
-    not a dll-ext training file, or (with `pipeline`) written by another pipeline."""
+    """The dict saved at `path` (a checkpoint file, or a run folder for its best.pt), read safely
+    onto the CPU; TrainingError if it is missing, corrupt, not a dll-ext training file, or (with
+    `pipeline`) written by another pipeline."""
     path = Path(path)
+    if path.is_dir():
+        if not (path / BEST).is_file():
+            raise TrainingError(f"no {BEST} in the folder {path}: pass a run folder (the --out of dll-ext train) "
+                                f"or a checkpoint file ({BEST}, {CHECKPOINT}, {AVERAGED})")
+        path = path / BEST
     if not path.is_file():
         raise TrainingError(f"no checkpoint at {path}")
     try:

@@ -21,7 +21,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from dll_ext.training.atomic import save_json, save_torch
-from dll_ext.training.checkpoint import FORMAT, average_state_dicts, load_checkpoint, load_weights
+from dll_ext.training.checkpoint import (AVERAGED, BEST, CHECKPOINT, FORMAT, average_state_dicts, load_checkpoint,
+                                         load_weights)
 from dll_ext.training.data import batches, eval_loader, steps_per_epoch, train_loader
 from dll_ext.training.distributed import DistEnv
 from dll_ext.training.errors import TrainingError
@@ -34,9 +35,6 @@ from dll_ext.training.plots import plot_curves
 from dll_ext.training.seeding import derive_seed, rng_state, seed_everything, set_rng_state
 from dll_ext.training.signals import StopSignals, exit_code
 
-CHECKPOINT = "checkpoint.pt"
-BEST = "best.pt"
-AVERAGED = "averaged.pt"
 EPOCHS_DIR = "epochs"
 
 

@@ -1,5 +1,6 @@
 #include "commands.h"
 
+#include "beam_search.h"
 #include "common.h"
 #include "model.h"
 #include "pnm.h"
@@ -8,6 +9,7 @@
 #include <torch/script.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <iostream>
 #include <set>
@@ -30,6 +32,20 @@ int64_t parse_int(const std::string& option, const std::string& text, int64_t mi
   }
   if (used == 0 || used != text.size() || value < minimum) {
     throw UsageError(option + " must be an integer >= " + std::to_string(minimum) + ", got '" + text + "'");
+  }
+  return value;
+}
+
+double parse_nonnegative_double(const std::string& option, const std::string& text) {
+  size_t used = 0;
+  double value = -1;
+  try {
+    value = std::stod(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used == 0 || used != text.size() || !(value >= 0) || !std::isfinite(value)) {
+    throw UsageError(option + " must be a number >= 0, got '" + text + "'");
   }
   return value;
 }
@@ -83,13 +99,16 @@ class CharVocabulary {
     return torch::tensor(ids, torch::kInt64);
   }
 
-  // The symbols of ids (specials as their names), up to the first `stop` id if one is given.
-  std::string decode(const at::Tensor& ids, std::optional<int64_t> stop = std::nullopt) const {
+  // The symbols of ids (specials as their names), up to the first `stop` id if one is given,
+  // without the `skipped` ids.
+  std::string decode(const at::Tensor& ids, std::optional<int64_t> stop = std::nullopt,
+                     const std::set<int64_t>& skipped = {}) const {
     std::string text;
     const at::Tensor flat = ids.to(torch::kInt64).contiguous().view(-1);
     const int64_t* data = flat.data_ptr<int64_t>();
     for (int64_t i = 0; i < flat.numel(); ++i) {
       if (stop && data[i] == *stop) break;
+      if (skipped.count(data[i])) continue;
       if (data[i] < 0 || data[i] >= size()) {
         throw std::runtime_error("the model returned id " + std::to_string(data[i]) + ", outside its vocabulary");
       }
@@ -222,6 +241,10 @@ void generate_command(const CommandLine& args) {
 
 void answer_command(const CommandLine& args) {
   expect_positional(args, 2, "MODEL and QUESTION");
+  const int64_t beam = parse_int("--beam", option_or(args, "--beam", "1"), 1);
+  const int64_t nbest = parse_int("--nbest", option_or(args, "--nbest", "1"), 1);
+  const double length_penalty = parse_nonnegative_double("--length-penalty", option_or(args, "--length-penalty", "0"));
+
   Model model = load_model(args);
   model.require_kind("seq2seq", "answer");
   torch::jit::Module& module = model.script("answer");
@@ -234,12 +257,35 @@ void answer_command(const CommandLine& args) {
   }
   const at::Tensor source = vocabulary.encode(question).unsqueeze(0);
   const at::Tensor lengths = torch::tensor({source.size(1)}, torch::kInt64);
-  const int64_t max_answer = model.int_attribute("max_answer_length");
-  const at::Tensor answer = doing("answering", [&] {
-    c10::InferenceMode guard;
-    return module.get_method("greedy")({source, lengths, max_answer}).toTensor();
-  });
-  std::cout << vocabulary.decode(answer[0], model.int_attribute("eos")) << "\n";
+  const int64_t max_answer = model.int_attribute("max_answer_length"), eos = model.int_attribute("eos");
+  const int64_t sos = model.int_attribute("sos");
+  // An answer reads as Seq2SeqVocabulary.decode reads it: up to <eos>, without <sos> and <pad>.
+  const auto answer_text = [&](const at::Tensor& ids) {
+    return vocabulary.decode(ids, eos, {sos, model.int_attribute("pad")});
+  };
+  // Greedy decoding unless an option of beam search is given (--beam defaults to 1 there, as
+  // in `dll-ext answer`).
+  if (!args.options.count("--beam") && !args.options.count("--nbest") && !args.options.count("--length-penalty")) {
+    const at::Tensor answer = doing("answering", [&] {
+      c10::InferenceMode guard;
+      return module.get_method("greedy")({source, lengths, max_answer}).toTensor();
+    });
+    std::cout << answer_text(answer[0]) << "\n";
+    return;
+  }
+  const BeamOptions options{beam, max_answer, length_penalty, sos, eos};
+  torch::jit::Module decoder = module.attr("model").toModule();
+  const std::vector<Hypothesis> hypotheses =
+      doing("answering", [&] { return beam_search(decoder, source, lengths, options); });
+  if (nbest == 1) {
+    std::cout << answer_text(torch::tensor(hypotheses.at(0).tokens, torch::kInt64)) << "\n";
+    return;
+  }
+  for (size_t n = 0; n < hypotheses.size() && static_cast<int64_t>(n) < nbest; ++n) {
+    char score[32];
+    std::snprintf(score, sizeof score, "%.6f", hypotheses[n].score);
+    std::cout << score << "\t" << answer_text(torch::tensor(hypotheses[n].tokens, torch::kInt64)) << "\n";
+  }
 }
 
 void nback_command(const CommandLine& args) {

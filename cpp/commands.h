@@ -21,7 +21,7 @@ CommandLine parse_command_line(int argc, char** argv, int first, const std::vect
 // std::runtime_error for anything else.
 void classify_command(const CommandLine& args);  // MODEL IMAGE [--top K]
 void generate_command(const CommandLine& args);  // MODEL --prompt TEXT [--length N]
-void answer_command(const CommandLine& args);    // MODEL QUESTION
+void answer_command(const CommandLine& args);    // MODEL QUESTION [--beam K [--nbest N] [--length-penalty A]]
 void nback_command(const CommandLine& args);     // MODEL SYMBOL...
 
 }  // namespace dll_infer

@@ -78,7 +78,7 @@ def _answer(args):
             print(hypotheses[0][0])
         else:
             for text, score in hypotheses[:args.nbest]:
-                print(f"{score:.4f}\t{text}")
+                print(f"{score:.6f}\t{text}")
         return 0
 
     return _one_line_errors("answer", work)

@@ -15,9 +15,11 @@ from typing import List
 
 from conftest import run_command
 from dll_ext.cli import main
-from dll_ext.data import NBackCollate, NBackDataset, load_digits
+from dll_ext.data import NBackCollate, NBackDataset, Seq2SeqVocabulary, load_digits
 from dll_ext.export import load_inference_module
+from dll_ext.inference.seq2seq import Seq2SeqInference
 from dll_ext.training.checkpoint import FORMAT
+from dll_ext.training.pipelines.seq2seq import beam_answers, build_model, greedy_answers
 
 pytestmark = pytest.mark.slow
 
@@ -281,6 +283,55 @@ def test_answer_bad_question_exits_1(dll_infer, seq2seq, question, message):
     result = _infer(dll_infer, "answer", seq2seq, question)
     assert result.returncode == 1
     assert result.stderr == f"dll_infer: error: {message}\n"
+
+
+# ---- answer --beam: dll_infer's beam search against Python's, on untrained math models --------
+
+@pytest.fixture(scope="module", params=["transformer", "lstm"])
+def random_math_model(request, tmp_path_factory):
+    """An untrained math model of the pipelines (random weights: long, varied answers) as
+    dll-ext export writes it, and the eager model."""
+    sizes = {"transformer": dict(d_model=32, nhead=4, num_encoder_layers=1, num_decoder_layers=1,
+                                 dim_feedforward=64),
+             "lstm": dict(embedding_dim=16, hidden_size=32, scoring="general")}[request.param]
+    vocabulary = Seq2SeqVocabulary.printable_ascii()
+    config = {"architecture": request.param, "model": sizes, "vocabulary": vocabulary.to_dict()}
+    torch.manual_seed(4)
+    model = build_model(config, vocabulary).eval()
+    path = tmp_path_factory.mktemp("math") / "model.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.script(Seq2SeqInference(model, config)), str(path))
+    return path, model, vocabulary
+
+
+@pytest.mark.parametrize("beam, alpha", [(1, 0.0), (4, 0.0), (5, 0.6), (3, 2.0)])
+def test_answer_beam_equals_python(dll_infer, random_math_model, beam, alpha):
+    path, model, vocabulary = random_math_model
+    for question in ("What is 12 + 7?", "Sort -3, 1/2, 0.4.", "x"):
+        expected = beam_answers(model, vocabulary, question, beam, alpha)
+        assert any(len(text) > 3 for text, _ in expected)
+        result = _infer(dll_infer, "answer", path, question, "--beam", str(beam), "--nbest", str(beam + 1),
+                        "--length-penalty", str(alpha))
+        assert result.returncode == 0, result.stderr
+        lines = [line.split("\t", 1) for line in result.stdout.splitlines()]
+        assert [text for _, text in lines] == [text for text, _ in expected]
+        assert [float(score) for score, _ in lines] == pytest.approx([score for _, score in expected], abs=1e-5)
+        best = _infer(dll_infer, "answer", path, question, "--beam", str(beam), "--length-penalty", str(alpha))
+        assert best.stdout == expected[0][0] + "\n"
+        greedy = _infer(dll_infer, "answer", path, question)
+        assert greedy.stdout == greedy_answers(model, vocabulary, [question])[0] + "\n"
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--beam", "0"], "--beam must be an integer >= 1, got '0'"),
+    (["--beam", "2", "--nbest", "x"], "--nbest must be an integer >= 1, got 'x'"),
+    (["--beam", "2", "--length-penalty", "-1"], "--length-penalty must be a number >= 0, got '-1'"),
+    (["--length-penalty", "nan"], "--length-penalty must be a number >= 0, got 'nan'"),
+])
+def test_answer_bad_beam_options_exit_2(dll_infer, seq2seq, options, message):
+    result = _infer(dll_infer, "answer", seq2seq, "1+2?", *options)
+    assert result.returncode == 2 and result.stderr.startswith(f"dll_infer: {message}\n"), result.stderr
 
 
 # ---- bad input: one line and a non-zero exit --------------------------------------------------

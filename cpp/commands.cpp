@@ -6,12 +6,14 @@
 #include "pnm.h"
 #include "utf8.h"
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <torch/script.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <iostream>
+#include <limits>
 #include <set>
 #include <sstream>
 #include <unordered_map>
@@ -36,7 +38,8 @@ int64_t parse_int(const std::string& option, const std::string& text, int64_t mi
   return value;
 }
 
-double parse_nonnegative_double(const std::string& option, const std::string& text) {
+// A finite number >= 0, or > 0 unless zero_allowed.
+double parse_number(const std::string& option, const std::string& text, bool zero_allowed) {
   size_t used = 0;
   double value = -1;
   try {
@@ -44,8 +47,8 @@ double parse_nonnegative_double(const std::string& option, const std::string& te
   } catch (const std::exception&) {
     used = 0;
   }
-  if (used == 0 || used != text.size() || !(value >= 0) || !std::isfinite(value)) {
-    throw UsageError(option + " must be a number >= 0, got '" + text + "'");
+  if (used == 0 || used != text.size() || !std::isfinite(value) || value < 0 || (value == 0 && !zero_allowed)) {
+    throw UsageError(option + " must be a number " + (zero_allowed ? ">= 0" : "> 0") + ", got '" + text + "'");
   }
   return value;
 }
@@ -222,10 +225,42 @@ void classify_command(const CommandLine& args) {
   }
 }
 
+// What follows prompt `ids` (P,), `length` ids sampled as dll_ext.models.CharLM.generate samples
+// them (the same calls, ops and generator stream): the prompt goes in once, then each sampled
+// id, the LSTM state carried; each id is drawn from softmax(logits / temperature) over the
+// top_k most likely (all when top_k is 0) with a CPU generator seeded with `seed`.
+at::Tensor sample_continuation(Model& model, const at::Tensor& ids, int64_t length, double temperature,
+                               int64_t top_k, uint64_t seed) {
+  c10::InferenceMode guard;
+  at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(seed);
+  const int64_t layers = model.int_attribute("num_layers"), hidden = model.int_attribute("hidden_size");
+  at::Tensor h = torch::zeros({layers, 1, hidden}), c = torch::zeros({layers, 1, hidden});
+  at::Tensor inputs = ids.unsqueeze(0);
+  at::Tensor generated = torch::empty({length}, torch::kInt64);
+  for (int64_t step = 0; step < length; ++step) {
+    const auto output = model.forward({inputs, h, c}).toTuple();
+    h = output->elements()[1].toTensor();
+    c = output->elements()[2].toTensor();
+    at::Tensor logits = output->elements()[0].toTensor()[0][-1].to(torch::kFloat32) / temperature;
+    if (top_k > 0 && top_k < logits.numel()) {
+      const at::Tensor kth_largest = std::get<0>(logits.topk(top_k))[-1];
+      logits = logits.masked_fill(logits < kth_largest, -std::numeric_limits<double>::infinity());
+    }
+    const at::Tensor token = at::multinomial(torch::softmax(logits, -1), 1, false, generator)[0];
+    generated[step] = token;
+    inputs = token.view({1, 1});
+  }
+  return generated;
+}
+
 void generate_command(const CommandLine& args) {
   expect_positional(args, 1, "MODEL");
   if (!args.options.count("--prompt")) throw UsageError("--prompt is required");
   const int64_t length = parse_int("--length", option_or(args, "--length", "300"), 0);
+  const bool sampling = args.options.count("--temperature") || args.options.count("--top-k") || args.options.count("--seed");
+  const double temperature = parse_number("--temperature", option_or(args, "--temperature", "1"), false);
+  const int64_t top_k = args.options.count("--top-k") ? parse_int("--top-k", args.options.at("--top-k"), 1) : 0;
+  const int64_t seed = parse_int("--seed", option_or(args, "--seed", "0"), 0);
   const std::string prompt = args.options.at("--prompt");
   Model model = load_model(args);
   model.require_kind("char_lm", "generate");
@@ -233,6 +268,7 @@ void generate_command(const CommandLine& args) {
   const CharVocabulary vocabulary(model);
   const at::Tensor ids = vocabulary.encode(text_argument(prompt, "prompt"));
   const at::Tensor generated = doing("generating", [&] {
+    if (sampling) return sample_continuation(model, ids, length, temperature, top_k, static_cast<uint64_t>(seed));
     c10::InferenceMode guard;
     return module.get_method("generate")({ids, length}).toTensor();
   });
@@ -243,7 +279,7 @@ void answer_command(const CommandLine& args) {
   expect_positional(args, 2, "MODEL and QUESTION");
   const int64_t beam = parse_int("--beam", option_or(args, "--beam", "1"), 1);
   const int64_t nbest = parse_int("--nbest", option_or(args, "--nbest", "1"), 1);
-  const double length_penalty = parse_nonnegative_double("--length-penalty", option_or(args, "--length-penalty", "0"));
+  const double length_penalty = parse_number("--length-penalty", option_or(args, "--length-penalty", "0"), true);
 
   Model model = load_model(args);
   model.require_kind("seq2seq", "answer");

@@ -2,7 +2,7 @@
 //
 //   dll_infer MODEL.pt|MODEL.pt2 --input X.pt --output Y.pt [--device cpu|cuda]
 //   dll_infer classify MODEL.pt|MODEL.pt2 IMAGE.pgm|IMAGE.ppm|IMAGE.pt [--top K]
-//   dll_infer generate MODEL.pt --prompt TEXT [--length N]
+//   dll_infer generate MODEL.pt --prompt TEXT [--length N] [--temperature T] [--top-k K] [--seed S]
 //   dll_infer answer MODEL.pt QUESTION [--beam K [--nbest N] [--length-penalty A]]
 //   dll_infer nback MODEL.pt SYMBOL...
 //
@@ -35,7 +35,7 @@ namespace {
 constexpr const char* kUsage =
     "usage: dll_infer MODEL.pt --input X.pt --output Y.pt [--device cpu|cuda]\n"
     "       dll_infer classify MODEL IMAGE [--top K]\n"
-    "       dll_infer generate MODEL.pt --prompt TEXT [--length N]\n"
+    "       dll_infer generate MODEL.pt --prompt TEXT [--length N] [--temperature T] [--top-k K] [--seed S]\n"
     "       dll_infer answer MODEL.pt QUESTION [--beam K [--nbest N] [--length-penalty A]]\n"
     "       dll_infer nback MODEL.pt SYMBOL...\n"
     "  MODEL.pt  TorchScript module (torch.jit.save; dll-ext export writes model.pt)\n"
@@ -44,7 +44,8 @@ constexpr const char* kUsage =
     "  Y.pt      forward's result, for torch.load\n"
     "  IMAGE     binary PGM (P5) or PPM (P6), 8-bit, of the model's size; or a tensor file\n"
     "  classify: the K most likely classes; generate: the char LM's greedy continuation of\n"
-    "  TEXT (default 300 characters); answer: a seq2seq model's greedy answer, or with --beam\n"
+    "  TEXT (default 300 characters), or with --temperature, --top-k or --seed one sampled as\n"
+    "  dll-ext generate samples it (temperature 1, all characters, seed 0 by default); answer: a seq2seq model's greedy answer, or with --beam\n"
     "  the best of beam search of width K (--nbest N: the N best, each after its score;\n"
     "  --length-penalty: GNMT's alpha, default 0); nback: the N-back model's prediction\n"
     "  (1: same as n back) at each position of the symbols\n";
@@ -167,7 +168,8 @@ void run(int argc, char** argv) {
   if (command == "classify") {
     classify_command(parse_command_line(argc, argv, 2, {"--top", "--device"}));
   } else if (command == "generate") {
-    generate_command(parse_command_line(argc, argv, 2, {"--prompt", "--length", "--device"}));
+    generate_command(
+        parse_command_line(argc, argv, 2, {"--prompt", "--length", "--temperature", "--top-k", "--seed", "--device"}));
   } else if (command == "answer") {
     answer_command(parse_command_line(argc, argv, 2, {"--beam", "--nbest", "--length-penalty", "--device"}));
   } else if (command == "nback") {

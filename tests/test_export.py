@@ -205,6 +205,29 @@ def test_generate_equals_python_token_for_token(dll_infer, char_lm, prompt):
     assert result.stdout == expected + "\n"
 
 
+@pytest.mark.parametrize("options", [["--seed", "3"], ["--temperature", "0.7", "--top-k", "5", "--seed", "11"],
+                                     ["--temperature", "2.5"], ["--top-k", "1"]])
+def test_generate_sampling_equals_python_token_for_token(capsys, dll_infer, char_lm, options):
+    """dll_infer's sampling draws what `dll-ext generate` draws with the same options."""
+    run = char_lm[0]
+    prompt = "Café au "
+    assert main(["generate", "--checkpoint", str(run), "--prompt", prompt, "--length", "120", *options]) == 0
+    expected = capsys.readouterr().out
+    result = _infer(dll_infer, "generate", run / "export" / "model.pt", "--prompt", prompt, "--length", "120", *options)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == expected
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--temperature", "0"], "--temperature must be a number > 0, got '0'"),
+    (["--top-k", "0"], "--top-k must be an integer >= 1, got '0'"),
+    (["--seed", "-1"], "--seed must be an integer >= 0, got '-1'"),
+])
+def test_generate_bad_sampling_options_exit_2(dll_infer, char_lm, options, message):
+    result = _infer(dll_infer, "generate", char_lm[0] / "export" / "model.pt", "--prompt", "a", *options)
+    assert result.returncode == 2 and result.stderr.startswith(f"dll_infer: {message}\n"), result.stderr
+
+
 def test_nback_equals_python(dll_infer, nback, tmp_path):
     model = nback[0] / "export" / "model.pt"
     scripted = _jit_load(model)

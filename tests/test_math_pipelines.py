@@ -8,13 +8,16 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from dll_ext.cli import main
-from dll_ext.data.math import read_pairs, write_dataset, write_pairs
+from dll_ext.data.math import load_pairs, read_pairs, write_dataset, write_pairs
 from dll_ext.training import load_checkpoint
+from dll_ext.training.pipelines import seq2seq
 from dll_ext.training.pipelines.seq2seq import load_math_model
 from conftest import run_command
 from test_pipelines import PNG, assert_user_error, metrics
@@ -91,6 +94,24 @@ def test_several_modules_from_a_data_dir(name, tmp_path):
     assert sorted(m["test_beam2_exact_match"]) == sorted(modules)
     # 2 x 300 training pairs, 50 of them held out: 9 batches of 64.
     assert m["steps"] == 9
+
+
+def test_data_dir_training_pairs_mix_every_difficulty(tmp_path):
+    root = tmp_path / "mathematics_dataset-v1.0"
+    for difficulty in ("easy", "medium", "hard"):
+        (root / f"train-{difficulty}").mkdir(parents=True)
+        write_pairs(str(root / f"train-{difficulty}" / f"{PLACE_VALUE}.txt"),
+                    [(f"{difficulty} {i}?", str(i)) for i in range(100)])
+    (root / "interpolate").mkdir()
+    write_pairs(str(root / "interpolate" / f"{PLACE_VALUE}.txt"), [("q?", "1")])
+    args = SimpleNamespace(modules=[PLACE_VALUE], data_dir=str(tmp_path), train_size=60, test_size=5, data_seed=0)
+    train_pairs = seq2seq._pairs(args)[0][PLACE_VALUE]
+    assert len(set(train_pairs)) == 60
+    counts = Counter(question.split()[0] for question, _ in train_pairs)
+    assert set(counts) == {"easy", "medium", "hard"} and min(counts.values()) >= 8, counts
+    assert seq2seq._pairs(args)[0][PLACE_VALUE] == train_pairs
+    args.train_size = 1000
+    assert sorted(seq2seq._pairs(args)[0][PLACE_VALUE]) == sorted(load_pairs(str(tmp_path), PLACE_VALUE))
 
 
 def test_test_split_characters_the_training_pairs_lack(tmp_path):

@@ -257,7 +257,8 @@ void generate_command(const CommandLine& args) {
   expect_positional(args, 1, "MODEL");
   if (!args.options.count("--prompt")) throw UsageError("--prompt is required");
   const int64_t length = parse_int("--length", option_or(args, "--length", "300"), 0);
-  const bool sampling = args.options.count("--temperature") || args.options.count("--top-k") || args.options.count("--seed");
+  const bool sampling =
+      args.options.count("--temperature") || args.options.count("--top-k") || args.options.count("--seed");
   const double temperature = parse_number("--temperature", option_or(args, "--temperature", "1"), false);
   const int64_t top_k = args.options.count("--top-k") ? parse_int("--top-k", args.options.at("--top-k"), 1) : 0;
   const int64_t seed = parse_int("--seed", option_or(args, "--seed", "0"), 0);
@@ -280,7 +281,6 @@ void answer_command(const CommandLine& args) {
   const int64_t beam = parse_int("--beam", option_or(args, "--beam", "1"), 1);
   const int64_t nbest = parse_int("--nbest", option_or(args, "--nbest", "1"), 1);
   const double length_penalty = parse_number("--length-penalty", option_or(args, "--length-penalty", "0"), true);
-
   Model model = load_model(args);
   model.require_kind("seq2seq", "answer");
   torch::jit::Module& module = model.script("answer");

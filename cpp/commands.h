@@ -20,7 +20,8 @@ CommandLine parse_command_line(int argc, char** argv, int first, const std::vect
 // Each runs one subcommand, printing its result on stdout; UsageError for bad arguments,
 // std::runtime_error for anything else.
 void classify_command(const CommandLine& args);  // MODEL IMAGE [--top K]
-void generate_command(const CommandLine& args);  // MODEL --prompt TEXT [--length N] [--temperature T] [--top-k K] [--seed S]
+// MODEL --prompt TEXT [--length N] [--temperature T] [--top-k K] [--seed S]
+void generate_command(const CommandLine& args);
 void answer_command(const CommandLine& args);    // MODEL QUESTION [--beam K [--nbest N] [--length-penalty A]]
 void nback_command(const CommandLine& args);     // MODEL SYMBOL...
 

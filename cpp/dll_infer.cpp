@@ -45,10 +45,11 @@ constexpr const char* kUsage =
     "  IMAGE     binary PGM (P5) or PPM (P6), 8-bit, of the model's size; or a tensor file\n"
     "  classify: the K most likely classes; generate: the char LM's greedy continuation of\n"
     "  TEXT (default 300 characters), or with --temperature, --top-k or --seed one sampled as\n"
-    "  dll-ext generate samples it (temperature 1, all characters, seed 0 by default); answer: a seq2seq model's greedy answer, or with --beam\n"
-    "  the best of beam search of width K (--nbest N: the N best, each after its score;\n"
-    "  --length-penalty: GNMT's alpha, default 0); nback: the N-back model's prediction\n"
-    "  (1: same as n back) at each position of the symbols\n";
+    "  dll-ext generate samples it (temperature 1, all characters, seed 0 by default);\n"
+    "  answer: a seq2seq model's greedy answer, or with --beam the best of beam search of\n"
+    "  width K (--nbest N: the N best, each after its score; --length-penalty: GNMT's alpha,\n"
+    "  default 0); nback: the N-back model's prediction (1: same as n back) at each position\n"
+    "  of the symbols\n";
 
 struct Options {
   std::string model, input, output;

@@ -444,7 +444,7 @@ def test_classify_bad_image(dll_infer, digits, tmp_path, content, message):
     ["generate", "model.pt"],
     ["generate", "model.pt", "--prompt", "a", "--length", "-1"],
     ["generate", "model.pt", "--prompt"],
-    ["answer", "model.pt", "1+1", "--beam", "3"],
+    ["answer", "model.pt", "1+1", "--top", "3"],
     ["nback", "model.pt", "1", "x"],
     ["classify", "model.pt", "image.pgm", "--device", "cuda"],
 ])

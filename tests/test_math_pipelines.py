@@ -59,6 +59,9 @@ def test_final_evaluation_reports_beam_search_and_heatmaps(quick_run):
     _, out = quick_run
     m = metrics(out)
     assert 0 <= m["test_beam4_exact_match"][PLACE_VALUE] <= 1
+    # place_value has an extrapolate split (numbers of 12 digits' entropy): measured, not learnt.
+    assert 0 <= m["extrapolate_greedy_exact_match"][PLACE_VALUE] <= 1
+    assert 0 <= m["extrapolate_beam4_exact_match"][PLACE_VALUE] <= 1
     for example in m["examples"][PLACE_VALUE]:
         scores = [h["score"] for h in example["beam"]]
         assert len(scores) == 4 and scores == sorted(scores, reverse=True)
@@ -82,9 +85,11 @@ def test_checkpoint_rebuilds_the_model(quick_run):
 @pytest.mark.parametrize("name", PIPELINES)
 def test_several_modules_from_a_data_dir(name, tmp_path):
     """Training pairs of two modules read from a folder in the official layout; the test is
-    reported per module."""
+    reported per module, on interpolate and on extrapolate (where only one module has a file)."""
     modules = ["numbers__place_value", "comparison__sort"]
-    write_dataset(str(tmp_path / "mathematics_dataset-v1.0"), modules, 300, 20, seed=5)
+    root = tmp_path / "mathematics_dataset-v1.0"
+    write_dataset(str(root), modules, 100, 20, seed=5)
+    (root / "extrapolate" / "comparison__sort_more.txt").unlink()
     out = tmp_path / "run"
     assert train(name, out, "--data-dir", str(tmp_path), "--modules", ",".join(modules), "--epochs", "1",
                  "--val-size", "50", "--beam", "2", "--d-model" if name == "math-transformer" else "--hidden-size",
@@ -92,7 +97,8 @@ def test_several_modules_from_a_data_dir(name, tmp_path):
     m = metrics(out)
     assert sorted(m["test_greedy_exact_match"]) == sorted(modules)
     assert sorted(m["test_beam2_exact_match"]) == sorted(modules)
-    # 2 x 300 training pairs, 50 of them held out: 9 batches of 64.
+    assert list(m["extrapolate_greedy_exact_match"]) == list(m["extrapolate_beam2_exact_match"]) == [PLACE_VALUE]
+    # 2 x 3 x 100 training pairs, 50 of them held out: 9 batches of 64.
     assert m["steps"] == 9
 
 
@@ -118,12 +124,12 @@ def test_test_split_characters_the_training_pairs_lack(tmp_path):
     """Like the released train-easy place_value files, which never say "millions": training
     pairs without 'l' or 'm', test questions with them. Every test question is answered."""
     root = tmp_path / "mathematics_dataset-v1.0"
-    write_dataset(str(root), [PLACE_VALUE], 400, 20, seed=2)
-    train_file = root / "train-easy" / f"{PLACE_VALUE}.txt"
-    lines = train_file.read_text().splitlines()
-    kept = [(q, a) for q, a in zip(lines[::2], lines[1::2]) if not {"l", "m"} & set(q + a)]
-    assert len(kept) >= 100
-    write_pairs(str(train_file), kept)
+    write_dataset(str(root), [PLACE_VALUE], 150, 20, seed=2)
+    for difficulty in ("easy", "medium", "hard"):
+        train_file = root / f"train-{difficulty}" / f"{PLACE_VALUE}.txt"
+        kept = [(q, a) for q, a in read_pairs(str(train_file)) if not {"l", "m"} & set(q + a)]
+        assert len(kept) >= 30
+        write_pairs(str(train_file), kept)
     test_pairs = read_pairs(str(root / "interpolate" / f"{PLACE_VALUE}.txt"))
     write_pairs(str(root / "interpolate" / f"{PLACE_VALUE}.txt"),
                 test_pairs + [("What is the ten millions digit of 123456789?", "2")])

@@ -6,7 +6,8 @@ seed 0, same weights both ways), takes the first batches of its training set and
 the trainer's step does: zero the gradients, the task's loss, backward, gradient clipping if
 the pipeline clips, the optimiser step. The batches are reused in turn, so data loading is
 not timed (the trainer's printed step time does not include it either). --quick runs the
-N-back case alone; classify needs scikit-learn (its digits), installed with dll_ext[train].
+N-back case alone; classify needs scikit-learn (its digits), installed with dll_ext[train]. The
+math pipelines' tasks generate their default 200,000 pairs first (a few seconds).
 """
 import importlib.util
 import itertools
@@ -19,7 +20,7 @@ from dll_ext.benchmark.harness import Case, Impls
 OP = "training_step"
 # Batches cycled through: enough for a realistic mix of lengths (N-back), few enough to build fast.
 BATCHES = 8
-PIPELINES = ("classify", "nback", "charlm")
+PIPELINES = ("classify", "nback", "charlm", "math-transformer", "math-lstm")
 
 
 def _step_of(name: str, native: bool) -> Callable[[], torch.Tensor]:

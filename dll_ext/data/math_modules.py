@@ -138,10 +138,6 @@ _NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven")
 _POWER_WORDS = ("ten", "one hundred", "one thousand", "ten thousand", "one hundred thousand", "one million")
 
 
-def _round_half_away(value: Fraction) -> int:
-    return int(math.copysign(math.floor(abs(value) + Fraction(1, 2)), value))
-
-
 def round_number(rng: random.Random, entropy: float) -> Pair:
     """'Round -0.0004916 to five dps.' -> '-0.00049'; 'What is 3424000 rounded to the nearest
     one hundred thousand?' -> '3400000'."""

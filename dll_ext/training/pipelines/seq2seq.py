@@ -219,8 +219,8 @@ class MathPipeline(Pipeline):
     architecture = ""
     # No dropout: 200,000 pairs a module are plenty for these small models, and on CPU dropout's
     # random draws cost a fifth of a Transformer step. Two epochs: a Transformer epoch of
-    # numbers__place_value took 11 minutes on the 2-core Intel Xeon class and reached 99.4% on
-    # validation; four would take 45 minutes.
+    # numbers__place_value took 8 to 11 minutes on the 2-core Intel Xeon class and reached
+    # 99.4-100% on validation; four would take over 30 minutes.
     defaults = {"epochs": 2, "batch_size": 64, "lr": 1e-3, "optimizer": "adam", "scheduler": "cosine",
                 "clip_norm": 1.0, "dropout": 0.0}
     quick = {"epochs": 2, "train_size": 16000, "test_size": 200, "val_size": 200}

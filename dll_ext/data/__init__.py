@@ -1,7 +1,8 @@
 """Datasets of the course pipelines: image classification (scikit-learn's digits, MNIST, CIFAR-10),
 the N-back toy task, character-level text and DeepMind's Mathematics question/answer pairs. Every
 loader reports missing or malformed data with a DataError. The Mathematics generator, writer and
-loader (generate, generate_splits, write_dataset, load_pairs) are in dll_ext.data.math."""
+loader (generate, generate_splits, write_dataset, load_pairs) are in dll_ext.data.math, the
+modules it draws from (with the released generator's distribution) in dll_ext.data.math_modules."""
 from dll_ext.data.cifar10 import load_cifar10
 from dll_ext.data.digits import load_digits
 from dll_ext.data.errors import DataError

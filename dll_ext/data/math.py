@@ -43,6 +43,11 @@ _SPLIT_FOLDERS = tuple(f"train-{d}" for d in TRAIN_DIFFICULTIES) + SPLITS[1:]
 
 Pair = Tuple[str, str]
 
+# ----------------------------------------------------------------------------------------
+# Generation (the modules are in dll_ext.data.math_modules)
+# ----------------------------------------------------------------------------------------
+
+
 def _module(name: str) -> Module:
     if name not in MODULES:
         raise ValueError(f"unknown Mathematics module {name!r}; known: {', '.join(MODULES)}")

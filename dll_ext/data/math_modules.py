@@ -268,8 +268,10 @@ def _expanded_counts(rng: random.Random, length: int, is_zero: Sequence[bool]) -
     """How many terms each coefficient is written as, `length` in all: at least one for a
     non-zero coefficient, and never exactly one for a zero (a lone '0' term says nothing)."""
     counts = [0 if zero else 1 for zero in is_zero]
-    cuts = sorted(rng.sample(range(1, length - sum(counts) + len(counts)), len(counts) - 1))
-    extra = [b - a - 1 for a, b in zip([0] + cuts, cuts + [length - sum(counts) + len(counts)])]
+    # The spare terms spread uniformly: cut spare + n into n positive parts, less one each.
+    end = length - sum(counts) + len(counts)
+    cuts = sorted(rng.sample(range(1, end), len(counts) - 1))
+    extra = [b - a - 1 for a, b in zip([0] + cuts, cuts + [end])]
     counts = [c + e for c, e in zip(counts, extra)]
     while True:
         bad = [i for i, zero in enumerate(is_zero) if zero and counts[i] == 1]

@@ -492,8 +492,10 @@ def call(**changes):
 BAD_INPUTS = {
     "query_rank": (lambda: call(q=Q[0]), r"query must be a 4-D tensor"),
     "head_dim_mismatch": (lambda: call(k=torch.randn(2, 3, 7, 5)), r"key has head dim 5 but query has 4"),
-    "batch_mismatch": (lambda: call(k=torch.randn(1, 3, 7, 4)), r"key has \(batch, heads\) = \(1, 3\) but query has \(2, 3\)"),
-    "heads_mismatch": (lambda: call(v=torch.randn(2, 2, 7, 6)), r"value has \(batch, heads\) = \(2, 2\)"),
+    "batch_mismatch": (lambda: call(k=torch.randn(1, 3, 7, 4)), r"key and value must have query's batch 2, but have 1 and 2"),
+    "heads_mismatch": (lambda: call(v=torch.randn(2, 2, 7, 6)), r"value has 2 heads but key has 3"),
+    "kv_heads_not_dividing": (lambda: call(k=torch.randn(2, 2, 7, 4), v=torch.randn(2, 2, 7, 6)),
+                              r"query has 3 heads, key and value 2: the key/value heads must divide the query heads"),
     "value_length": (lambda: call(v=torch.randn(2, 3, 6, 6)), r"value has 6 positions but key has 7"),
     "mask_not_broadcast": (lambda: call(attn_mask=torch.ones(5, 6, dtype=torch.bool)),
                            r"attn_mask of shape \[5, 6\] does not broadcast to \(batch, heads, L, S\) = \[2, 3, 5, 7\]"),
@@ -507,7 +509,7 @@ BAD_INPUTS = {
     "int_inputs": (lambda: call(q=Q.long(), k=K.long(), v=V.long()), r"Long is not supported on cpu; supported: float32, float64"),
     "int8_inputs": (lambda: call(q=Q.to(torch.int8), k=K.to(torch.int8), v=V.to(torch.int8)), r"Char is not supported"),
     "scale_inf": (lambda: call(scale=float("inf")), r"scale must be finite"),
-    "functional_rank": (lambda: attention(Q[0, 0], K[0, 0], V[0, 0]), r"query must be 3-D or 4-D"),
+    "functional_rank": (lambda: attention(Q[0, 0, 0], K[0, 0], V[0, 0]), r"must be at least 2-D, but got shapes \[4\]"),
 }
 
 

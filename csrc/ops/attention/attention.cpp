@@ -43,17 +43,22 @@ Problem check_and_resolve(const char* op, const at::Tensor& q, const at::Tensor&
   for (const auto& [t, name] : {std::pair{&k, "key"}, {&v, "value"}}) {
     check_same_device(*t, q, (prefix + name).c_str(), "query");
     check_same_dtype(*t, q, (prefix + name).c_str(), "query");
-    TORCH_CHECK_VALUE(t->size(0) == q.size(0) && t->size(1) == q.size(1), op, ": ", name,
-                      " has (batch, heads) = (", t->size(0), ", ", t->size(1), ") but query has (",
-                      q.size(0), ", ", q.size(1), ")");
   }
-  TORCH_CHECK_VALUE(k.size(3) == q.size(3), op, ": key has head dim ", k.size(3), " but query has ", q.size(3),
-                    "; they must match");
-  TORCH_CHECK_VALUE(v.size(2) == k.size(2), op, ": value has ", v.size(2), " positions but key has ", k.size(2),
-                    "; they must match");
+  TORCH_CHECK(k.size(0) == q.size(0) && v.size(0) == q.size(0), op, ": key and value must have query's batch ",
+              q.size(0), ", but have ", k.size(0), " and ", v.size(0));
+  TORCH_CHECK(v.size(1) == k.size(1), op, ": value has ", v.size(1), " heads but key has ", k.size(1),
+              "; they must match");
+  const int64_t heads = q.size(1), kv_heads = k.size(1);
+  TORCH_CHECK(kv_heads == heads || (kv_heads > 0 && heads % kv_heads == 0), op, ": query has ", heads,
+              " heads, key and value ", kv_heads, ": the key/value heads must divide the query heads "
+              "(grouped-query attention)");
+  TORCH_CHECK(k.size(3) == q.size(3), op, ": key has head dim ", k.size(3), " but query has ", q.size(3),
+              "; they must match");
+  TORCH_CHECK(v.size(2) == k.size(2), op, ": value has ", v.size(2), " positions but key has ", k.size(2),
+              "; they must match");
   check_dtype_supported(op, q, kDtypes, "query");
   const auto dtype = q.scalar_type();
-  Problem p{q.size(0), q.size(1), q.size(2), k.size(2), q.size(3), v.size(3), 0.0, is_causal, {}, {}};
+  Problem p{q.size(0), heads, q.size(2), k.size(2), q.size(3), v.size(3), kv_heads, 0.0, is_causal, {}, {}};
   p.scale = scale.value_or(1.0 / std::sqrt(static_cast<double>(std::max<int64_t>(p.head_dim, 1))));
   TORCH_CHECK_VALUE(std::isfinite(p.scale), op, ": scale must be finite, but got ", p.scale);
   if (attn_mask) {
@@ -167,8 +172,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, OptTensor> backward(
   }
   // Zeros: the kernels skip fully masked tiles, and rows and keys past them.
   at::Tensor grad_q = at::zeros({p.batch, p.heads, p.queries, p.head_dim}, q.options());
-  at::Tensor grad_k = at::zeros({p.batch, p.heads, p.keys, p.head_dim}, q.options());
-  at::Tensor grad_v = at::zeros({p.batch, p.heads, p.keys, p.value_dim}, q.options());
+  at::Tensor grad_k = at::zeros({p.batch, p.kv_heads, p.keys, p.head_dim}, q.options());
+  at::Tensor grad_v = at::zeros({p.batch, p.kv_heads, p.keys, p.value_dim}, q.options());
   at::Tensor grad_mask;
   if (mask_grad) {
     const auto [batch, heads] = backend.mask_grad_extent(p);

@@ -1,8 +1,10 @@
 // Masked scaled-dot-product attention, flash-style: out = softmax(scale * q k^T + mask) v,
 // computed tile by tile over the keys with an online softmax, never holding the full L x S
 // scores; the backward recomputes each tile's probabilities from the saved row log-sum-exp.
-// Layouts: q (B, H, L, E), k (B, H, S, E), v (B, H, S, Ev), out (B, H, L, Ev),
-// lse (B, H, L) in the accumulation type (float32 for float16/bfloat16 inputs).
+// Layouts: q (B, H, L, E), k (B, Hkv, S, E), v (B, Hkv, S, Ev), out (B, H, L, Ev),
+// lse (B, H, L) in the accumulation type (float32 for float16/bfloat16 inputs). Grouped-query
+// attention: H is a multiple of Hkv, and query head h reads key/value head h / (H / Hkv); the
+// kernels index k and v so, and sum a group's key/value gradients themselves.
 //
 // attention.cpp checks the arguments and composes the ops from a backend's two kernels
 // (attention_cpu.cpp, attention_cuda.cu); their element math is attention_math.h.
@@ -24,6 +26,9 @@ namespace dll_ext::attention {
 // `key_padding` is (B, S) bool (True = padded), contiguous. Either may be undefined.
 struct Problem {
   int64_t batch, heads, queries, keys, head_dim, value_dim;
+  int64_t kv_heads;
+  // Query heads per key/value head (1 without grouping).
+  int64_t group() const { return kv_heads > 0 ? heads / kv_heads : 1; }
   double scale;
   bool causal;
   at::Tensor attn, key_padding;

@@ -99,6 +99,11 @@ struct Call {
     return t.const_data_ptr<T>() + b * t.stride(0) + h * t.stride(1) + first * t.stride(2);
   }
 
+  // The rows of k or v that query head h reads (its group's key/value head).
+  const T* kv_rows(const at::Tensor& t, int64_t b, int64_t h, int64_t first) const {
+    return head_rows(t, b, h / p.group(), first);
+  }
+
   int64_t mask_offset(int64_t b, int64_t h, int64_t i, int64_t j) const {
     return b * mask_strides[0] + h * mask_strides[1] + i * mask_strides[2] + j * mask_strides[3];
   }
@@ -134,7 +139,7 @@ struct Call {
   void scores(int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t j0, int64_t cols, T* s) const {
     // Row-major S = Q K^T is column-major S^T = K Q^T.
     gemm(kTranspose, kNoTranspose, cols, rows, p.head_dim, static_cast<T>(p.scale),
-         head_rows(k, b, h, j0), k.stride(2), head_rows(q, b, h, i0), q.stride(2), T(0), s, tiles.keys);
+         kv_rows(k, b, h, j0), k.stride(2), head_rows(q, b, h, i0), q.stride(2), T(0), s, tiles.keys);
   }
 
   // The masks of query i's scores of the tile's keys, in place: masked scores become -inf,
@@ -269,7 +274,7 @@ void forward_kernel(const Call<T>& call, at::Tensor& out, at::Tensor& lse) {
         }
         // Row-major acc += P V is column-major acc^T += V^T P^T.
         gemm(kNoTranspose, kNoTranspose, p.value_dim, rows, cols, T(1),
-             call.head_rows(call.v, b, h, j0), call.v.stride(2), s.data(), key_block, T(1), acc, p.value_dim);
+             call.kv_rows(call.v, b, h, j0), call.v.stride(2), s.data(), key_block, T(1), acc, p.value_dim);
       }
       for (int64_t r = 0; r < rows; ++r) {
         const T inverse = softmax[r].output_scale();
@@ -296,10 +301,12 @@ void backward_kernel(const Call<T>& call, const at::Tensor& grad_out, const at::
   const Dropout& drop = p.dropout;
   const T keep_scale = static_cast<T>(drop.keep_scale);
   const int64_t query_block = call.tiles.queries, key_block = call.tiles.keys;
-  // A task is one slice of the mask's gradient (mask_grad_extent): the (batch, head) pairs
-  // that sum into it run in one task, one after the other, so no two tasks write one element.
+  // A task owns what it writes: every (batch, head) pair that sums into one slice of the
+  // mask's gradient (mask_grad_extent), and every query head of a key/value head's group,
+  // whose key and value gradients it sums; they run in one task, one after the other.
   const int64_t grad_batch = dmask ? grad_mask.size(0) : p.batch, grad_heads = dmask ? grad_mask.size(1) : p.heads;
-  at::parallel_for(0, grad_batch * grad_heads, 1, [&](int64_t first, int64_t last) {
+  const int64_t group = p.group(), head_tasks = grad_heads == p.heads ? p.kv_heads : 1;
+  at::parallel_for(0, grad_batch * head_tasks, 1, [&](int64_t first, int64_t last) {
     // With dropout, O = (P Z) V: dV takes P Z (in `dropped`).
     std::vector<T> s(query_block * key_block), dp(query_block * key_block), delta(query_block);
     std::vector<T> dropped(drop.active ? query_block * key_block : 0);
@@ -329,13 +336,13 @@ void backward_kernel(const Call<T>& call, const at::Tensor& grad_out, const at::
             }
           }
           const T* kept = drop.active ? dropped.data() : s.data();
-          const int64_t k_row = bh * p.keys + j0;
+          const int64_t k_row = (b * p.kv_heads + h / p.group()) * p.keys + j0;
           // dV_j += P^T dO_i (column-major: dV^T += dO^T P).
           gemm(kNoTranspose, kTranspose, p.value_dim, cols, rows, T(1), dout_i,
                p.value_dim, kept, key_block, T(1), dv + k_row * p.value_dim, p.value_dim);
           // dP = dO_i V_j^T (column-major: dP^T = V dO^T).
           gemm(kTranspose, kNoTranspose, cols, rows, p.value_dim, T(1),
-               call.head_rows(call.v, b, h, j0), call.v.stride(2), dout_i, p.value_dim, T(0), dp.data(), key_block);
+               call.kv_rows(call.v, b, h, j0), call.v.stride(2), dout_i, p.value_dim, T(0), dp.data(), key_block);
           // dS in place of dP.
           for (int64_t r = 0; r < rows; ++r) {
             T* d = dp.data() + r * key_block;
@@ -349,7 +356,7 @@ void backward_kernel(const Call<T>& call, const at::Tensor& grad_out, const at::
           }
           // dQ_i += scale dS K_j (column-major: dQ^T += K^T dS^T).
           gemm(kNoTranspose, kNoTranspose, p.head_dim, rows, cols, scale,
-               call.head_rows(call.k, b, h, j0), call.k.stride(2), dp.data(), key_block, T(1),
+               call.kv_rows(call.k, b, h, j0), call.k.stride(2), dp.data(), key_block, T(1),
                dq + q_row * p.head_dim, p.head_dim);
           // dK_j += scale dS^T Q_i (column-major: dK^T += Q^T dS).
           gemm(kNoTranspose, kTranspose, p.head_dim, cols, rows, scale,
@@ -358,13 +365,16 @@ void backward_kernel(const Call<T>& call, const at::Tensor& grad_out, const at::
         }
       }
     };
-    for (int64_t slice = first; slice < last; ++slice) {
-      const int64_t sb = slice / grad_heads, sh = slice % grad_heads;
-      T* dmask_slice = dmask ? dmask + slice * p.queries * p.keys : nullptr;
+    for (int64_t task = first; task < last; ++task) {
+      const int64_t sb = task / head_tasks, group_index = task % head_tasks;
       // A slice of size 1 along batch or heads takes every batch element or head.
-      const bool all_b = grad_batch != p.batch, all_h = grad_heads != p.heads;
+      const bool all_b = grad_batch != p.batch, all_h = head_tasks == 1;
+      const int64_t h0 = all_h ? 0 : group_index * group, h1 = all_h ? p.heads : h0 + group;
       for (int64_t b = all_b ? 0 : sb; b < (all_b ? p.batch : sb + 1); ++b) {
-        for (int64_t h = all_h ? 0 : sh; h < (all_h ? p.heads : sh + 1); ++h) head(b, h, dmask_slice);
+        for (int64_t h = h0; h < h1; ++h) {
+          const int64_t slice = (all_b ? 0 : b) * grad_heads + (grad_heads == p.heads ? h : 0);
+          head(b, h, dmask ? dmask + slice * p.queries * p.keys : nullptr);
+        }
       }
     }
   });

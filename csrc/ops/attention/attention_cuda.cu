@@ -80,6 +80,7 @@ template <typename T>
 struct Args {
   HeadRows<T> q, k, v;
   int64_t heads, queries, keys, head_dim, value_dim;
+  int64_t kv_heads, group;  // key/value heads; query heads per key/value head
   float scale;
   bool causal;
   const bool* allowed;  // expanded attn_mask (True = may attend), or null
@@ -116,7 +117,7 @@ struct Args {
 template <typename T>
 Args<T> make_args(const Problem& p, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
   Args<T> a{head_rows<T>(q), head_rows<T>(k), head_rows<T>(v), p.heads, p.queries, p.keys, p.head_dim,
-            p.value_dim, static_cast<float>(p.scale), p.causal, nullptr, nullptr, {0, 0, 0, 0}, nullptr,
+            p.value_dim, p.kv_heads, p.group(), static_cast<float>(p.scale), p.causal, nullptr, nullptr, {0, 0, 0, 0}, nullptr,
             p.dropout};
   if (p.attn.defined()) {
     if (p.attn.scalar_type() == at::kBool) {
@@ -193,8 +194,8 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
 
   for (int64_t j0 = 0; j0 < a.keys; j0 += kTileKeys) {
     if (!tile_live(a, b, h, i0, j0)) continue;
-    stage_rows(k_tile, key_pitch, a.k, b, h, j0, kTileKeys, a.keys, D);
-    stage_rows(v_tile, Dv, a.v, b, h, j0, kTileKeys, a.keys, Dv);
+    stage_rows(k_tile, key_pitch, a.k, b, h / a.group, j0, kTileKeys, a.keys, D);
+    stage_rows(v_tile, Dv, a.v, b, h / a.group, j0, kTileKeys, a.keys, Dv);
     __syncthreads();
 
     if (first_row < a.queries) {
@@ -258,7 +259,7 @@ __global__ void delta_kernel(const T* __restrict__ grad_out, const T* __restrict
   }
 }
 
-// grid (B*H, key tiles). Shared memory: the key, value, key-gradient and value-gradient
+// grid (B*Hkv, key tiles). Shared memory: the key, value, key-gradient and value-gradient
 // tiles (32 rows each, odd pitches), the current query row and output-gradient row, and the
 // warps' partial dot products. Warp w handles the features e = w (mod kWarps).
 template <typename T>
@@ -278,53 +279,57 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
   float* partial_dp = partial_score + kWarps * kWarp;  // [kWarps][32]
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
 
-  const int64_t bh = blockIdx.x, b = bh / a.heads, h = bh % a.heads;
+  // One key/value head; its gradients sum over the query heads of its group.
+  const int64_t kv_bh = blockIdx.x, b = kv_bh / a.kv_heads, kv_h = kv_bh % a.kv_heads;
   const int64_t j0 = int64_t(blockIdx.y) * kTileKeys, j = j0 + lane;
-  stage_rows(k_tile, kp, a.k, b, h, j0, kTileKeys, a.keys, D);
-  stage_rows(v_tile, vp, a.v, b, h, j0, kTileKeys, a.keys, Dv);
+  stage_rows(k_tile, kp, a.k, b, kv_h, j0, kTileKeys, a.keys, D);
+  stage_rows(v_tile, vp, a.v, b, kv_h, j0, kTileKeys, a.keys, Dv);
   for (int64_t idx = threadIdx.x; idx < kTileKeys * kp; idx += blockDim.x) dk_tile[idx] = 0.0f;
   for (int64_t idx = threadIdx.x; idx < kTileKeys * vp; idx += blockDim.x) dv_tile[idx] = 0.0f;
 
   // Under is_causal, rows before the tile's first key see none of it.
   const int64_t first_row = a.causal ? j0 : 0;
-  for (int64_t i = first_row; i < a.queries; ++i) {
-    const int64_t row = bh * a.queries + i;
-    const float row_lse = lse[row];
-    if (row_lse == kInf<float>) continue;  // every key masked: no gradient (the same for the whole block)
-    __syncthreads();  // the previous row's buffers are read to the end; also orders the staging above
-    for (int64_t e = threadIdx.x; e < D; e += blockDim.x) q_row[e] = static_cast<float>(a.q.row(b, h, i)[e]);
-    for (int64_t e = threadIdx.x; e < Dv; e += blockDim.x) dout_row[e] = static_cast<float>(grad_out[row * Dv + e]);
-    __syncthreads();
+  for (int64_t h = kv_h * a.group; h < (kv_h + 1) * a.group; ++h) {
+    const int64_t bh = b * a.heads + h;
+    for (int64_t i = first_row; i < a.queries; ++i) {
+      const int64_t row = bh * a.queries + i;
+      const float row_lse = lse[row];
+      if (row_lse == kInf<float>) continue;  // every key masked: no gradient (the same for the whole block)
+      __syncthreads();  // the previous row's buffers are read to the end; also orders the staging above
+      for (int64_t e = threadIdx.x; e < D; e += blockDim.x) q_row[e] = static_cast<float>(a.q.row(b, h, i)[e]);
+      for (int64_t e = threadIdx.x; e < Dv; e += blockDim.x) dout_row[e] = static_cast<float>(grad_out[row * Dv + e]);
+      __syncthreads();
 
-    float score = 0.0f, dp = 0.0f;
-    for (int64_t e = warp; e < D; e += kWarps) score += q_row[e] * k_tile[lane * kp + e];
-    for (int64_t e = warp; e < Dv; e += kWarps) dp += dout_row[e] * v_tile[lane * vp + e];
-    partial_score[warp * kWarp + lane] = score;
-    partial_dp[warp * kWarp + lane] = dp;
-    __syncthreads();
-    score = dp = 0.0f;
-    for (int w = 0; w < kWarps; ++w) {  // the same order in every warp: the same values
-      score += partial_score[w * kWarp + lane];
-      dp += partial_dp[w * kWarp + lane];
+      float score = 0.0f, dp = 0.0f;
+      for (int64_t e = warp; e < D; e += kWarps) score += q_row[e] * k_tile[lane * kp + e];
+      for (int64_t e = warp; e < Dv; e += kWarps) dp += dout_row[e] * v_tile[lane * vp + e];
+      partial_score[warp * kWarp + lane] = score;
+      partial_dp[warp * kWarp + lane] = dp;
+      __syncthreads();
+      score = dp = 0.0f;
+      for (int w = 0; w < kWarps; ++w) {  // the same order in every warp: the same values
+        score += partial_score[w * kWarp + lane];
+        dp += partial_dp[w * kWarp + lane];
+      }
+
+      const float prob = probability(a.masked(a.scale * score, b, h, i, j), row_lse);
+      const float z = a.dropout_z(dropout_row(a.dropout.seed, row), j);
+      const float ds = score_gradient(prob, dp, z, delta[row]);
+      if (grad_mask && warp == 0 && j < a.keys) grad_mask[row * a.keys + j] = mask_gradient(ds);
+      const float kept = prob * z;
+      for (int64_t e = warp; e < Dv; e += kWarps) dv_tile[lane * vp + e] += kept * dout_row[e];
+      for (int64_t e = warp; e < D; e += kWarps) dk_tile[lane * kp + e] += ds * q_row[e];
     }
-
-    const float prob = probability(a.masked(a.scale * score, b, h, i, j), row_lse);
-    const float z = a.dropout_z(dropout_row(a.dropout.seed, row), j);
-    const float ds = score_gradient(prob, dp, z, delta[row]);
-    if (grad_mask && warp == 0 && j < a.keys) grad_mask[row * a.keys + j] = mask_gradient(ds);
-    const float kept = prob * z;
-    for (int64_t e = warp; e < Dv; e += kWarps) dv_tile[lane * vp + e] += kept * dout_row[e];
-    for (int64_t e = warp; e < D; e += kWarps) dk_tile[lane * kp + e] += ds * q_row[e];
   }
   __syncthreads();
 
   for (int64_t idx = threadIdx.x; idx < kTileKeys * D; idx += blockDim.x) {
     const int64_t r = idx / D, e = idx % D;
-    if (j0 + r < a.keys) grad_k[(bh * a.keys + j0 + r) * D + e] = static_cast<T>(a.scale * dk_tile[r * kp + e]);
+    if (j0 + r < a.keys) grad_k[(kv_bh * a.keys + j0 + r) * D + e] = static_cast<T>(a.scale * dk_tile[r * kp + e]);
   }
   for (int64_t idx = threadIdx.x; idx < kTileKeys * Dv; idx += blockDim.x) {
     const int64_t r = idx / Dv, e = idx % Dv;
-    if (j0 + r < a.keys) grad_v[(bh * a.keys + j0 + r) * Dv + e] = static_cast<T>(dv_tile[r * vp + e]);
+    if (j0 + r < a.keys) grad_v[(kv_bh * a.keys + j0 + r) * Dv + e] = static_cast<T>(dv_tile[r * vp + e]);
   }
 }
 
@@ -362,8 +367,8 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
 
   for (int64_t j0 = 0; j0 < a.keys; j0 += kTileKeys) {
     if (!tile_live(a, b, h, i0, j0)) continue;
-    stage_rows(k_tile, kp, a.k, b, h, j0, kTileKeys, a.keys, D);
-    stage_rows(v_tile, vp, a.v, b, h, j0, kTileKeys, a.keys, Dv);
+    stage_rows(k_tile, kp, a.k, b, h / a.group, j0, kTileKeys, a.keys, D);
+    stage_rows(v_tile, vp, a.v, b, h / a.group, j0, kTileKeys, a.keys, Dv);
     __syncthreads();
 
     if (first_row < a.queries) {
@@ -498,7 +503,7 @@ void backward_cuda(const Problem& p, const at::Tensor& grad_out, const at::Tenso
     const size_t bytes = sizeof(float) * key_gradients_shared_floats(p.head_dim, p.value_dim);
     auto kernel = key_gradients_kernel<scalar_t>;
     dll_ext::cuda::allow_shared_memory(kernel, bytes);
-    const dim3 grid(p.batch * p.heads, blocks_of(p.keys, kTileKeys));
+    const dim3 grid(p.batch * p.kv_heads, blocks_of(p.keys, kTileKeys));
     kernel<<<grid, kThreadsPerBlock, bytes, stream>>>(a, dout, l, delta.const_data_ptr<float>(),
                                                       grad_k.data_ptr<scalar_t>(), grad_v.data_ptr<scalar_t>(),
                                                       grad_mask.defined() ? grad_mask.data_ptr<float>() : nullptr);

@@ -110,13 +110,19 @@ def scaled_dot_product_attention(
                            f"{list(query.shape)}, {list(key.shape)} and {list(value.shape)}")
     if enable_gqa:
         if query.dim() < 3 or key.dim() < 3 or value.dim() < 3:
-            raise RuntimeError("scaled_dot_product_attention: enable_gqa needs a head dimension (-3) in query, key "
-                               "and value")
+            # IndexError, as F.scaled_dot_product_attention raises here.
+            raise IndexError("scaled_dot_product_attention: enable_gqa needs a head dimension (-3) in query, key "
+                             "and value")
         heads, kv_heads = query.size(-3), key.size(-3)
-        if value.size(-3) != kv_heads or kv_heads == 0 or heads % kv_heads != 0:
-            raise RuntimeError(f"scaled_dot_product_attention: with enable_gqa, key and value must have the same "
-                               f"number of heads, a divisor of query's; got query {heads}, key {kv_heads} and value "
-                               f"{value.size(-3)}")
+        for t in (key, value):
+            if t.size(-3) == 0 or heads % t.size(-3) != 0:
+                raise RuntimeError(f"scaled_dot_product_attention: with enable_gqa, the heads of key and value must "
+                                   f"divide query's; got query {heads}, key {key.size(-3)} and value {value.size(-3)}")
+        if value.size(-3) != kv_heads:
+            # Groups of two sizes: the rare case PyTorch allows too, run with both repeated.
+            key = key.repeat_interleave(heads // kv_heads, dim=-3)
+            value = value.repeat_interleave(heads // value.size(-3), dim=-3)
+            kv_heads = heads
         batch = _broadcast_shapes([query.shape[:-3], key.shape[:-3], value.shape[:-3]], "batch dimensions")
         lead = batch + [heads]
     else:

@@ -34,16 +34,18 @@ def test_training_step_cases_compare_the_same_training(name):
 
 def test_attention_cases_cover_the_issue_targets():
     cases = {case.name: case for case in collect_cases("cpu", quick=True, op="attention")}
-    targets = {"causal": 1.2, "padding": 1.3, "padding50": 1.8, "random": 1.0, "dropout": 2.5, "float_mask_grad": 1.5}
+    targets = {"causal": 1.2, "padding": 1.3, "padding50": 1.8, "random": 1.0, "dropout": 2.5, "float_mask_grad": 1.5,
+               "gqa": 1.0}
     for kind, target in targets.items():
         assert cases[f"{kind}/L512/fwd+bwd"].target == target
     assert cases["mha/self/fwd+bwd"].target == 1.05
     full = cases["causal/L512/fwd+bwd"].flops * 2  # every key computed
     assert cases["padding50/L512/fwd+bwd"].flops == full / 2
     assert cases["dropout/L512/fwd+bwd"].flops == cases["float_mask_grad/L512/fwd+bwd"].flops == full
+    assert cases["gqa/L512/fwd+bwd"].flops == full and cases["gqa/L512/fwd+bwd"].memory
 
 
-@pytest.mark.parametrize("kind", ["padding50", "dropout", "float_mask_grad"])
+@pytest.mark.parametrize("kind", ["padding50", "dropout", "float_mask_grad", "gqa"])
 def test_new_attention_cases_compare_the_same_attention(kind):
     """Ours and native get the same inputs and the equivalent mask: the gradients of q, k, v
     (and of the float mask) agree, except under dropout, whose masks differ."""

@@ -9,7 +9,9 @@ Shape of the issue's CPU targets: B=8, H=8, E=64, L=S=512, float32 — the cases
 * random: a random boolean mask of density 50% with no empty row;
 * dropout: dropout_p=0.1, no mask (each side draws its own dropout mask);
 * float_mask_grad: a float attn_mask of shape (1, H, L, S) that requires grad, so that its
-  gradient is computed too.
+  gradient is computed too;
+* gqa: grouped-query attention, key and value with KV_HEADS heads, enable_gqa=True on both
+  sides (PyTorch's CPU path repeats them to H heads); its peak memory is reported.
 
 The loss is the sum of the output times a fixed random tensor. Also nn.MultiheadAttention
 against dll_ext.nn.MultiheadAttention, and the forward's peak memory at L=S=4096 against the
@@ -24,7 +26,8 @@ from dll_ext.benchmark.harness import Case, Impls
 
 OP = "attention"
 B, H, L, E = 8, 8, 512, 64
-KINDS = ("causal", "padding", "padding50", "random", "dropout", "float_mask_grad")
+KINDS = ("causal", "padding", "padding50", "random", "dropout", "float_mask_grad", "gqa")
+KV_HEADS = 2
 PADDED = {"padding": 0.25, "padding50": 0.5}  # kind -> share of the keys padded
 
 
@@ -32,7 +35,9 @@ def setup_case(kind: str, device: str, dtype: torch.dtype = torch.float32) -> Im
     from dll_ext.functional import scaled_dot_product_attention
 
     generator = torch.Generator().manual_seed(0)
-    q, k, v = [torch.randn(B, H, L, E, generator=generator).to(device, dtype).requires_grad_() for _ in range(3)]
+    kv_heads = KV_HEADS if kind == "gqa" else H
+    q, k, v = [torch.randn(B, heads, L, E, generator=generator).to(device, dtype).requires_grad_()
+               for heads in (H, kv_heads, kv_heads)]
     grad = torch.randn(B, H, L, E, generator=generator).to(device, dtype)
     leaves = [q, k, v]
     ours_kwargs, native_kwargs = {}, {}
@@ -53,15 +58,16 @@ def setup_case(kind: str, device: str, dtype: torch.dtype = torch.float32) -> Im
         mask = (torch.randn(1, H, L, L, generator=generator) * 0.5).to(device, dtype).requires_grad_()
         leaves.append(mask)
         ours_kwargs = native_kwargs = {"attn_mask": mask}
+    elif kind == "gqa":
+        ours_kwargs = native_kwargs = {"enable_gqa": True}
     else:
         raise ValueError(f"unknown attention case {kind!r}; known: {', '.join(KINDS)}")
 
     def step(fn, kwargs):
         def run():
-            for t in leaves:
-                t.grad = None
-            (fn(q, k, v, **kwargs) * grad).sum().backward()
-            return [t.grad for t in leaves]  # for the tests: q, k, v's (and the mask's) gradients
+            # The gradients of q, k, v (and the mask), returned rather than left in .grad: one
+            # call's peak memory then excludes the previous call's gradients.
+            return torch.autograd.grad((fn(q, k, v, **kwargs) * grad).sum(), leaves)
 
         return run
 
@@ -78,7 +84,8 @@ def _flops(kind: str) -> float:
 
 
 # CPU speedup targets over SDPA (issue 13), and MHA's.
-TARGETS = {"causal": 1.2, "padding": 1.3, "padding50": 1.8, "random": 1.0, "dropout": 2.5, "float_mask_grad": 1.5}
+TARGETS = {"causal": 1.2, "padding": 1.3, "padding50": 1.8, "random": 1.0, "dropout": 2.5, "float_mask_grad": 1.5,
+           "gqa": 1.0}  # gqa: issue 15
 MHA_TARGET = 1.05
 
 # nn.MultiheadAttention self-attention: batch 16, L=256, d=512, 8 heads, need_weights=False.
@@ -141,8 +148,10 @@ def cases(device: str = "cpu", quick: bool = False) -> List[Case]:
     # The issue's bars are for the CPU; on CUDA the same cases report, in float32 (no TF32 on
     # either side's score GEMMs in ours) and, for the causal case, in the low-precision dtypes.
     targets = TARGETS if device == "cpu" else {}
-    result = [Case(name=f"{kind}/L{L}/fwd+bwd", op=OP, shape=f"B{B} H{H} L=S{L} E{E}",
-                   setup=lambda kind=kind: setup_case(kind, device), flops=_flops(kind), target=targets.get(kind))
+    result = [Case(name=f"{kind}/L{L}/fwd+bwd", op=OP,
+                   shape=f"B{B} H{H}" + (f" Hkv{KV_HEADS}" if kind == "gqa" else "") + f" L=S{L} E{E}",
+                   setup=lambda kind=kind: setup_case(kind, device), flops=_flops(kind), target=targets.get(kind),
+                   memory=kind == "gqa")
               for kind in KINDS]
     if device == "cuda":
         result += [Case(name=f"causal/L{L}/fwd+bwd/{str(dtype)[6:]}", op=OP, shape=f"B{B} H{H} L=S{L} E{E}",

@@ -30,7 +30,7 @@ def _pair(value: Union[int, List[int], Tuple[int, ...]], name: str) -> List[int]
     if len(values) == 1:
         return values * 2
     if len(values) != 2:
-        raise ValueError(f"conv2d_relu: {name} must be an int or a pair of ints, but got {value}")
+        raise RuntimeError(f"conv2d_relu: {name} must be an int or a pair of ints, but got {value}")
     return values
 
 
@@ -55,14 +55,17 @@ def conv2d_relu(
             padding_ = [0, 0]
         elif padding == "same":
             if stride_ != [1, 1]:
-                raise ValueError(f"conv2d_relu: padding='same' is not supported for strided convolutions (stride={stride_})")
+                raise RuntimeError(
+                    f"conv2d_relu: padding='same' is not supported for strided convolutions (stride={stride_})")
             if weight.dim() != 4:
-                raise ValueError(f"conv2d_relu: weight must be a 4-D tensor (C_out, C_in / groups, kH, kW), but got shape {tuple(weight.shape)}")
+                raise RuntimeError("conv2d_relu: weight must be a 4-D tensor (C_out, C_in / groups, kH, kW), "
+                                   f"but got shape {tuple(weight.shape)}")
             padding_, input_padding = _conv_relu.same_padding(list(weight.shape[2:]), dilation_)
             if any(input_padding):
                 input = F.pad(input, input_padding)
         else:
-            raise ValueError(f"conv2d_relu: padding must be 'same', 'valid', an int or a pair of ints, but got {padding!r}")
+            raise RuntimeError(
+                f"conv2d_relu: padding must be 'same', 'valid', an int or a pair of ints, but got {padding!r}")
     else:
         padding_ = _pair(padding, "padding")
     return _conv_relu.conv2d_relu(input, weight, bias, stride_, padding_, dilation_, groups)
@@ -107,7 +110,8 @@ def lstm_layer(
     dll_ext.ops.lstm.lstm_layer; differentiable in input, hx and the weights.
     """
     if input.dim() != 3:
-        raise ValueError(f"lstm_layer: input must be a 3-D tensor (seq_len, batch, input_size), but got shape {tuple(input.shape)}")
+        raise RuntimeError("lstm_layer: input must be a 3-D tensor (seq_len, batch, input_size), "
+                           f"but got shape {tuple(input.shape)}")
     if batch_first:
         input = input.transpose(0, 1)
     if hx is None:

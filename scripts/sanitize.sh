@@ -20,5 +20,8 @@ export LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=lib
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 python -c "import dll_ext; assert dll_ext.info()['sanitized_build'], 'not the sanitized build: ' + dll_ext.__file__"
-if [ $# -eq 0 ]; then set -- tests/test_conv_relu.py tests/test_lstm_cell.py tests/test_lstm_layer.py tests/test_attention.py; fi
+if [ $# -eq 0 ]; then
+  set -- tests/test_conv_relu.py tests/test_lstm_cell.py tests/test_lstm_layer.py tests/test_attention.py \
+    tests/test_attention_gqa.py
+fi
 python -m pytest -q -p no:cacheprovider "$@"

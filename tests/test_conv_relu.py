@@ -791,58 +791,58 @@ W = torch.randn(6, 4, 3, 3)
 B = torch.randn(6)
 
 BAD_INPUTS = {
-    "input_rank_3_op": (lambda: op(X[0], W, B, [1, 1], [0, 0], [1, 1], 1), ValueError,
+    "input_rank_3_op": (lambda: op(X[0], W, B, [1, 1], [0, 0], [1, 1], 1), RuntimeError,
                         r"input must be a 4-D tensor \(N, C_in, H, W\), but got a 3-D tensor of shape \[4, 8, 8\]"),
-    "input_rank_5": (lambda: conv2d_relu(X[None], W, B), ValueError, r"input must be a 4-D tensor .* 5-D"),
-    "input_rank_2": (lambda: conv2d_relu(X[0, 0], W, B), ValueError, r"input must be a 4-D tensor .* 2-D"),
-    "weight_rank_3": (lambda: conv2d_relu(X, W[0], B), ValueError,
+    "input_rank_5": (lambda: conv2d_relu(X[None], W, B), RuntimeError, r"input must be a 4-D tensor .* 5-D"),
+    "input_rank_2": (lambda: conv2d_relu(X[0, 0], W, B), RuntimeError, r"input must be a 4-D tensor .* 2-D"),
+    "weight_rank_3": (lambda: conv2d_relu(X, W[0], B), RuntimeError,
                       r"weight must be a 4-D tensor \(C_out, C_in / groups, kH, kW\), but got a 3-D"),
-    "weight_rank_3_same": (lambda: conv2d_relu(X, W[0], B, padding="same"), ValueError, r"weight must be a 4-D tensor"),
-    "dtype_input_weight": (lambda: conv2d_relu(X, W.double(), B), TypeError,
+    "weight_rank_3_same": (lambda: conv2d_relu(X, W[0], B, padding="same"), RuntimeError, r"weight must be a 4-D tensor"),
+    "dtype_input_weight": (lambda: conv2d_relu(X, W.double(), B), RuntimeError,
                            r"weight has dtype Double but input has dtype Float"),
-    "dtype_input_bias": (lambda: conv2d_relu(X, W, B.double()), TypeError, r"bias has dtype Double but input has dtype Float"),
-    "bias_size": (lambda: conv2d_relu(X, W, torch.randn(5)), ValueError, r"bias must have 6 entries .*but got 5"),
-    "bias_rank": (lambda: conv2d_relu(X, W, torch.randn(6, 1)), ValueError, r"bias must be a 1-D tensor .*2-D"),
+    "dtype_input_bias": (lambda: conv2d_relu(X, W, B.double()), RuntimeError, r"bias has dtype Double but input has dtype Float"),
+    "bias_size": (lambda: conv2d_relu(X, W, torch.randn(5)), RuntimeError, r"bias must have 6 entries .*but got 5"),
+    "bias_rank": (lambda: conv2d_relu(X, W, torch.randn(6, 1)), RuntimeError, r"bias must be a 1-D tensor .*2-D"),
     "channels_not_divisible_by_groups": (lambda: conv2d_relu(torch.randn(2, 5, 8, 8), torch.randn(6, 1, 3, 3), groups=2),
-                                         ValueError, r"input channels \(5\) must be divisible by groups \(2\)"),
-    "out_channels_not_divisible_by_groups": (lambda: conv2d_relu(X, torch.randn(5, 2, 3, 3), groups=2), ValueError,
+                                         RuntimeError, r"input channels \(5\) must be divisible by groups \(2\)"),
+    "out_channels_not_divisible_by_groups": (lambda: conv2d_relu(X, torch.randn(5, 2, 3, 3), groups=2), RuntimeError,
                                              r"out channels \(5\) must be divisible by groups \(2\)"),
-    "weight_size1": (lambda: conv2d_relu(X, torch.randn(6, 3, 3, 3)), ValueError,
+    "weight_size1": (lambda: conv2d_relu(X, torch.randn(6, 3, 3, 3)), RuntimeError,
                      r"weight.size\(1\) must be input channels / groups = 4 / 1 = 4, but got weight of shape \[6, 3, 3, 3\]"),
-    "weight_size1_grouped": (lambda: conv2d_relu(X, W, groups=2), ValueError, r"weight.size\(1\) must be .* = 4 / 2 = 2"),
-    "empty_batch": (lambda: conv2d_relu(X[:0], W), ValueError, r"empty batch \(N = 0\)"),
-    "zero_channels": (lambda: conv2d_relu(torch.randn(2, 0, 8, 8), torch.randn(6, 0, 3, 3)), ValueError,
+    "weight_size1_grouped": (lambda: conv2d_relu(X, W, groups=2), RuntimeError, r"weight.size\(1\) must be .* = 4 / 2 = 2"),
+    "empty_batch": (lambda: conv2d_relu(X[:0], W), RuntimeError, r"empty batch \(N = 0\)"),
+    "zero_channels": (lambda: conv2d_relu(torch.randn(2, 0, 8, 8), torch.randn(6, 0, 3, 3)), RuntimeError,
                       r"input has no channels \(C_in = 0\)"),
-    "zero_out_channels": (lambda: conv2d_relu(X, torch.randn(0, 4, 3, 3)), ValueError, r"weight must have non-zero sizes"),
-    "negative_padding": (lambda: conv2d_relu(X, W, padding=-1), ValueError, r"padding entries must be >= 0, but got \[-1, -1\]"),
-    "negative_padding_op": (lambda: op(X, W, B, [1, 1], [0, -2], [1, 1], 1), ValueError,
+    "zero_out_channels": (lambda: conv2d_relu(X, torch.randn(0, 4, 3, 3)), RuntimeError, r"weight must have non-zero sizes"),
+    "negative_padding": (lambda: conv2d_relu(X, W, padding=-1), RuntimeError, r"padding entries must be >= 0, but got \[-1, -1\]"),
+    "negative_padding_op": (lambda: op(X, W, B, [1, 1], [0, -2], [1, 1], 1), RuntimeError,
                             r"padding entries must be >= 0, but got \[0, -2\]"),
-    "zero_stride": (lambda: conv2d_relu(X, W, stride=0), ValueError, r"stride entries must be >= 1, but got \[0, 0\]"),
-    "negative_stride": (lambda: conv2d_relu(X, W, stride=(1, -1)), ValueError, r"stride entries must be >= 1, but got \[1, -1\]"),
-    "zero_dilation": (lambda: conv2d_relu(X, W, dilation=0), ValueError, r"dilation entries must be >= 1, but got \[0, 0\]"),
-    "groups_0": (lambda: conv2d_relu(X, W, groups=0), ValueError, r"groups must be >= 1, but got 0"),
-    "groups_negative": (lambda: conv2d_relu(X, W, groups=-2), ValueError, r"groups must be >= 1, but got -2"),
-    "stride_length_3": (lambda: conv2d_relu(X, W, stride=[1, 1, 1]), ValueError,
+    "zero_stride": (lambda: conv2d_relu(X, W, stride=0), RuntimeError, r"stride entries must be >= 1, but got \[0, 0\]"),
+    "negative_stride": (lambda: conv2d_relu(X, W, stride=(1, -1)), RuntimeError, r"stride entries must be >= 1, but got \[1, -1\]"),
+    "zero_dilation": (lambda: conv2d_relu(X, W, dilation=0), RuntimeError, r"dilation entries must be >= 1, but got \[0, 0\]"),
+    "groups_0": (lambda: conv2d_relu(X, W, groups=0), RuntimeError, r"groups must be >= 1, but got 0"),
+    "groups_negative": (lambda: conv2d_relu(X, W, groups=-2), RuntimeError, r"groups must be >= 1, but got -2"),
+    "stride_length_3": (lambda: conv2d_relu(X, W, stride=[1, 1, 1]), RuntimeError,
                         r"stride must be an int or a pair of ints, but got \[1, 1, 1\]"),
-    "stride_length_3_op": (lambda: op(X, W, B, [1, 1, 1], [0, 0], [1, 1], 1), ValueError,
+    "stride_length_3_op": (lambda: op(X, W, B, [1, 1, 1], [0, 0], [1, 1], 1), RuntimeError,
                            r"stride must have 2 entries, but got \[1, 1, 1\]"),
-    "dilation_length_0": (lambda: conv2d_relu(X, W, dilation=[]), ValueError, r"dilation must be an int or a pair of ints"),
+    "dilation_length_0": (lambda: conv2d_relu(X, W, dilation=[]), RuntimeError, r"dilation must be an int or a pair of ints"),
     "float_padding": (lambda: conv2d_relu(X, W, padding=1.5), TypeError, r"padding must be an int or a pair of ints, but got 1.5"),
     "float_in_stride_tuple": (lambda: conv2d_relu(X, W, stride=(2.0, 1)), TypeError, r"stride must be an int or a pair of ints"),
     "bool_stride": (lambda: conv2d_relu(X, W, stride=True), TypeError, r"stride must be an int or a pair of ints, but got True"),
-    "kernel_larger_than_input": (lambda: conv2d_relu(X, torch.randn(6, 4, 11, 3)), ValueError,
+    "kernel_larger_than_input": (lambda: conv2d_relu(X, torch.randn(6, 4, 11, 3)), RuntimeError,
                                  r"padded input height \(8\) is smaller than the dilated kernel \(11\)"),
-    "dilated_kernel_larger_than_padded_input": (lambda: conv2d_relu(X, W, padding=(0, 1), dilation=(1, 5)), ValueError,
+    "dilated_kernel_larger_than_padded_input": (lambda: conv2d_relu(X, W, padding=(0, 1), dilation=(1, 5)), RuntimeError,
                                                 r"padded input width \(10\) is smaller than the dilated kernel \(11\)"),
-    "int64": (lambda: conv2d_relu(X.long(), W.long()), TypeError,
+    "int64": (lambda: conv2d_relu(X.long(), W.long()), RuntimeError,
               r"input dtype Long is not supported on cpu; supported: float32, float64, bfloat16"),
-    "float16_cpu": (lambda: conv2d_relu(X.half(), W.half()), TypeError, r"dtype Half is not supported on cpu.*float16 on CUDA only"),
-    "same_with_stride_2": (lambda: conv2d_relu(X, W, stride=2, padding="same"), ValueError,
+    "float16_cpu": (lambda: conv2d_relu(X.half(), W.half()), RuntimeError, r"dtype Half is not supported on cpu.*float16 on CUDA only"),
+    "same_with_stride_2": (lambda: conv2d_relu(X, W, stride=2, padding="same"), RuntimeError,
                            r"padding='same' is not supported for strided convolutions \(stride=\[2, 2\]\)"),
-    "bad_padding_string": (lambda: conv2d_relu(X, W, padding="full"), ValueError,
+    "bad_padding_string": (lambda: conv2d_relu(X, W, padding="full"), RuntimeError,
                            r"padding must be 'same', 'valid', an int or a pair of ints, but got 'full'"),
-    "module_bad_input_rank": (lambda: Conv2dReLU(4, 6, 3)(X[None]), ValueError, r"input must be a 4-D tensor"),
-    "module_wrong_channels": (lambda: Conv2dReLU(3, 6, 3)(X), ValueError, r"weight.size\(1\) must be input channels"),
+    "module_bad_input_rank": (lambda: Conv2dReLU(4, 6, 3)(X[None]), RuntimeError, r"input must be a 4-D tensor"),
+    "module_wrong_channels": (lambda: Conv2dReLU(3, 6, 3)(X), RuntimeError, r"weight.size\(1\) must be input channels"),
 }
 
 
@@ -858,17 +858,17 @@ def test_bad_inputs_in_backward_op():
     out = op(x, w, None, *conv_args)
     g = torch.randn_like(out)
     mask = [True, True, True]
-    with pytest.raises(ValueError, match=r"grad_output shape \[2, 6, 8, 9\] must equal output shape \[2, 6, 9, 9\]"):
+    with pytest.raises(RuntimeError, match=r"grad_output shape \[2, 6, 8, 9\] must equal output shape \[2, 6, 9, 9\]"):
         backward_op(g[:, :, 1:], out, x, w, *conv_args, mask)
-    with pytest.raises(ValueError, match=r"output must have shape \[2, 6, 9, 9\] \(the convolution of input .*\), but got \[2, 5, 9, 9\]"):
+    with pytest.raises(RuntimeError, match=r"output must have shape \[2, 6, 9, 9\] \(the convolution of input .*\), but got \[2, 5, 9, 9\]"):
         backward_op(g[:, 1:], out[:, 1:], x, w, *conv_args, mask)
-    with pytest.raises(ValueError, match=r"output must have shape \[2, 6, 9, 9\].*but got \[6, 9, 9\]"):
+    with pytest.raises(RuntimeError, match=r"output must have shape \[2, 6, 9, 9\].*but got \[6, 9, 9\]"):
         backward_op(g[0], out[0], x, w, *conv_args, mask)
-    with pytest.raises(TypeError, match=r"grad_output has dtype Double but input has dtype Float"):
+    with pytest.raises(RuntimeError, match=r"grad_output has dtype Double but input has dtype Float"):
         backward_op(g.double(), out, x, w, *conv_args, mask)
-    with pytest.raises(TypeError, match=r"output has dtype Double but input has dtype Float"):
+    with pytest.raises(RuntimeError, match=r"output has dtype Double but input has dtype Float"):
         backward_op(g, out.double(), x, w, *conv_args, mask)
-    with pytest.raises(ValueError, match=r"stride entries must be >= 1"):
+    with pytest.raises(RuntimeError, match=r"stride entries must be >= 1"):
         backward_op(g, out, x, w, [0, 1], *conv_args[1:], mask)
 
 
@@ -1045,7 +1045,7 @@ def test_cuda_device_mismatch(where):
 def test_cuda_float16_accepted_and_int_rejected():
     out = conv2d_relu(X.cuda().half(), W.cuda().half(), B.cuda().half())
     assert out.dtype == torch.float16
-    with pytest.raises(TypeError, match=r"input dtype Long is not supported on cuda"):
+    with pytest.raises(RuntimeError, match=r"input dtype Long is not supported on cuda"):
         conv2d_relu(X.cuda().long(), W.cuda().long())
 
 

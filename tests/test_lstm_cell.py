@@ -9,6 +9,7 @@ c' = f * c + i * g, h' = o * tanh(c').
 """
 import copy
 import math
+import re
 
 import pytest
 import torch
@@ -923,7 +924,7 @@ def call_functional(**changes):
     return dll_ext.functional.lstm_cell(a["input"], (a["hx"], a["cx"]), a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"])
 
 
-ARG_ERRORS = (RuntimeError, ValueError, TypeError)
+ARG_ERRORS = RuntimeError  # as ATen ops and torch.nn raise for these inputs
 
 BAD_INPUTS = {
     "input_rank_3": (lambda: call_op(input=X[None]), r"\binput\b.*2-D"),
@@ -950,7 +951,6 @@ BAD_INPUTS = {
     "b_hh_dtype": (lambda: call_op(b_hh=B_HH.double()), r"\b(b_hh|bias_hh) has dtype Double but input has dtype Float"),
     "int64": (lambda: lstm_op()(*(t.long() for t in (X, HX, CX, W_IH, W_HH, B_IH, B_HH))), r"Long.*not supported"),
     "float16_cpu": (lambda: lstm_op()(*(t.half() for t in (X, HX, CX, W_IH, W_HH, B_IH, B_HH))), r"Half.*not supported"),
-    "module_input_rank_3": (lambda: dll_ext.nn.LSTMCell(5, 6)(X[None]), r"(?i)input"),
     "module_feature_size": (lambda: dll_ext.nn.LSTMCell(4, 6)(X), r"\binput\b.*feature size"),
     "module_hx_size": (lambda: dll_ext.nn.LSTMCell(5, 6)(X, (torch.randn(3, 5), torch.randn(3, 5))), r"\bhx\b"),
 }
@@ -960,6 +960,16 @@ BAD_INPUTS = {
 def test_bad_inputs(call, match):
     with pytest.raises(ARG_ERRORS, match=match):
         call()
+
+
+@pytest.mark.parametrize("state", ["input", "hx[0]", "hx[1]"])
+def test_wrong_rank_is_a_value_error_as_in_torch_nn(state):
+    x, h, c = X[None], torch.zeros(3, 6), torch.zeros(3, 6)
+    if state != "input":
+        x, h, c = X, (h[None] if state == "hx[0]" else h), (c[None] if state == "hx[1]" else c)
+    for cell in (dll_ext.nn.LSTMCell(5, 6), torch.nn.LSTMCell(5, 6)):
+        with pytest.raises(ValueError, match=rf"(?i)expected {re.escape(state)} to be 1-?D or 2-?D"):
+            cell(x, (h, c))
 
 
 def test_backward_op_checks_gradient_and_workspace_shapes():

@@ -9,14 +9,14 @@
 namespace dll_ext {
 
 inline void check_dim(const at::Tensor& t, int64_t dim, const char* name, const char* layout) {
-  TORCH_CHECK_VALUE(t.dim() == dim, name, " must be a ", dim, "-D tensor ", layout, ", but got a ",
-                    t.dim(), "-D tensor of shape ", t.sizes());
+  TORCH_CHECK(t.dim() == dim, name, " must be a ", dim, "-D tensor ", layout, ", but got a ",
+              t.dim(), "-D tensor of shape ", t.sizes());
 }
 
 inline void check_same_dtype(const at::Tensor& t, const at::Tensor& ref, const char* name,
                              const char* ref_name) {
-  TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), name, " has dtype ", t.scalar_type(),
-                   " but ", ref_name, " has dtype ", ref.scalar_type(), "; they must match");
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), name, " has dtype ", t.scalar_type(),
+              " but ", ref_name, " has dtype ", ref.scalar_type(), "; they must match");
 }
 
 inline void check_same_device(const at::Tensor& t, const at::Tensor& ref, const char* name,
@@ -27,9 +27,9 @@ inline void check_same_device(const at::Tensor& t, const at::Tensor& ref, const 
 
 // A list argument such as stride: exactly `n` entries, each at least `min_value`.
 inline void check_int_list(at::IntArrayRef values, size_t n, int64_t min_value, const char* name) {
-  TORCH_CHECK_VALUE(values.size() == n, name, " must have ", n, " entries, but got ", values);
+  TORCH_CHECK(values.size() == n, name, " must have ", n, " entries, but got ", values);
   for (int64_t v : values) {
-    TORCH_CHECK_VALUE(v >= min_value, name, " entries must be >= ", min_value, ", but got ", values);
+    TORCH_CHECK(v >= min_value, name, " entries must be >= ", min_value, ", but got ", values);
   }
 }
 

@@ -56,9 +56,10 @@ void check_dtype_supported(const char* op, const at::Tensor& t, const DtypeTable
   for (const auto other : cuda ? table.cpu : table.cuda) {
     if (!contains(here, other)) elsewhere += std::string(elsewhere.empty() ? "" : ", ") + torch_name(other);
   }
-  TORCH_CHECK_TYPE(false, op, ": ", name, " dtype ", t.scalar_type(), " is not supported on ", t.device().type(),
-                   "; supported: ", names(here),
-                   elsewhere.empty() ? "" : " (" + elsewhere + (cuda ? " on CPU only)" : " on CUDA only)"));
+  // RuntimeError, as ATen's kernels raise for a dtype they are not built for.
+  TORCH_CHECK(false, op, ": ", name, " dtype ", t.scalar_type(), " is not supported on ", t.device().type(),
+              "; supported: ", names(here),
+              elsewhere.empty() ? "" : " (" + elsewhere + (cuda ? " on CPU only)" : " on CUDA only)"));
 }
 
 RegisterDtypes::RegisterDtypes(std::initializer_list<const char*> ops, const DtypeTable& table) {

@@ -40,6 +40,10 @@ class LSTMCell(nn.LSTMCell):
     def forward(self, input: torch.Tensor, hx: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         if input.dim() not in (1, 2):
             raise ValueError(f"LSTMCell: expected input to be 1-D or 2-D but received {input.dim()}-D tensor")
+        if hx is not None:
+            for name, state in (("hx[0]", hx[0]), ("hx[1]", hx[1])):
+                if state.dim() not in (1, 2):
+                    raise ValueError(f"LSTMCell: expected {name} to be 1-D or 2-D but received {state.dim()}-D tensor")
         if hx is None:
             batch: List[int] = [input.size(0)] if input.dim() == 2 else []
             zeros = torch.zeros(batch + [self.hidden_size], dtype=input.dtype, device=input.device)

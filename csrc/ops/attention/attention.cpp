@@ -60,31 +60,31 @@ Problem check_and_resolve(const char* op, const at::Tensor& q, const at::Tensor&
   const auto dtype = q.scalar_type();
   Problem p{q.size(0), heads, q.size(2), k.size(2), q.size(3), v.size(3), kv_heads, 0.0, is_causal, {}, {}};
   p.scale = scale.value_or(1.0 / std::sqrt(static_cast<double>(std::max<int64_t>(p.head_dim, 1))));
-  TORCH_CHECK_VALUE(std::isfinite(p.scale), op, ": scale must be finite, but got ", p.scale);
+  TORCH_CHECK(std::isfinite(p.scale), op, ": scale must be finite, but got ", p.scale);
   if (attn_mask) {
     const at::Tensor& m = *attn_mask;
     check_same_device(m, q, (prefix + "attn_mask").c_str(), "query");
-    TORCH_CHECK_TYPE(m.scalar_type() == at::kBool || m.scalar_type() == dtype, op,
-                     ": attn_mask must be bool (True = may attend) or of query's dtype ", dtype,
-                     " (added to the scores), but got ", m.scalar_type());
+    TORCH_CHECK(m.scalar_type() == at::kBool || m.scalar_type() == dtype, op,
+                ": attn_mask must be bool (True = may attend) or of query's dtype ", dtype,
+                " (added to the scores), but got ", m.scalar_type());
     const std::vector<int64_t> full{p.batch, p.heads, p.queries, p.keys};
     bool broadcasts = m.dim() <= 4;
     for (int64_t d = 1; broadcasts && d <= m.dim(); ++d) {
       const int64_t size = m.size(-d);
       broadcasts = size == 1 || size == full[4 - d];
     }
-    TORCH_CHECK_VALUE(broadcasts, op, ": attn_mask of shape ", m.sizes(),
-                      " does not broadcast to (batch, heads, L, S) = ", at::IntArrayRef(full));
+    TORCH_CHECK(broadcasts, op, ": attn_mask of shape ", m.sizes(),
+                " does not broadcast to (batch, heads, L, S) = ", at::IntArrayRef(full));
     p.attn = m.expand(full);
   }
   if (key_padding_mask) {
     const at::Tensor& m = *key_padding_mask;
     check_same_device(m, q, (prefix + "key_padding_mask").c_str(), "query");
-    TORCH_CHECK_TYPE(m.scalar_type() == at::kBool, op,
-                     ": key_padding_mask must be bool (True = padded key), but got ", m.scalar_type());
-    TORCH_CHECK_VALUE(m.dim() == 2 && m.size(0) == p.batch && m.size(1) == p.keys, op,
-                      ": key_padding_mask must have shape (batch, S) = [", p.batch, ", ", p.keys, "], but got ",
-                      m.sizes());
+    TORCH_CHECK(m.scalar_type() == at::kBool, op,
+                ": key_padding_mask must be bool (True = padded key), but got ", m.scalar_type());
+    TORCH_CHECK(m.dim() == 2 && m.size(0) == p.batch && m.size(1) == p.keys, op,
+                ": key_padding_mask must have shape (batch, S) = [", p.batch, ", ", p.keys, "], but got ",
+                m.sizes());
     p.key_padding = m.contiguous();
   }
   if (dropout_seed) {
@@ -93,11 +93,11 @@ Problem check_and_resolve(const char* op, const at::Tensor& q, const at::Tensor&
                 ": dropout_seed must be on the CPU or on query's device (", q.device(), "), but it is on ",
                 dropout_seed->device());
   }
-  TORCH_CHECK_VALUE(dropout_p >= 0.0 && dropout_p < 1.0, op, ": dropout_p must be in [0, 1), but got ", dropout_p);
+  TORCH_CHECK(dropout_p >= 0.0 && dropout_p < 1.0, op, ": dropout_p must be in [0, 1), but got ", dropout_p);
   if (dropout_p > 0.0) {
-    TORCH_CHECK_VALUE(dropout_seed && dropout_seed->numel() == 1 && dropout_seed->scalar_type() == at::kLong, op,
-                      ": dropout_p > 0 needs dropout_seed, an int64 tensor with one element "
-                      "(dll_ext.functional.scaled_dot_product_attention draws one from torch's generator)");
+    TORCH_CHECK(dropout_seed && dropout_seed->numel() == 1 && dropout_seed->scalar_type() == at::kLong, op,
+                ": dropout_p > 0 needs dropout_seed, an int64 tensor with one element "
+                "(dll_ext.functional.scaled_dot_product_attention draws one from torch's generator)");
     p.dropout.active = true;
     p.dropout.seed = static_cast<uint64_t>(dropout_seed->item<int64_t>());
     p.dropout.threshold = static_cast<uint32_t>(std::min(std::round(dropout_p * 4294967296.0), 4294967295.0));
@@ -111,17 +111,17 @@ void check_backward_inputs(const Problem& p, const at::Tensor& q, const at::Tens
   constexpr const char* op = "attention_backward";
   const std::vector<int64_t> out_sizes{p.batch, p.heads, p.queries, p.value_dim};
   for (const auto& [t, name] : {std::pair{&grad_out, "grad_out"}, {&out, "out"}}) {
-    TORCH_CHECK_VALUE(t->sizes() == at::IntArrayRef(out_sizes), op, ": ", name, " must have shape ",
-                      at::IntArrayRef(out_sizes), ", but got ", t->sizes());
-    TORCH_CHECK_TYPE(t->scalar_type() == q.scalar_type() && t->device() == q.device(), op, ": ", name,
-                     " must match query's dtype and device");
+    TORCH_CHECK(t->sizes() == at::IntArrayRef(out_sizes), op, ": ", name, " must have shape ",
+                at::IntArrayRef(out_sizes), ", but got ", t->sizes());
+    TORCH_CHECK(t->scalar_type() == q.scalar_type() && t->device() == q.device(), op, ": ", name,
+                " must match query's dtype and device");
   }
-  TORCH_CHECK_VALUE(lse.sizes() == at::IntArrayRef({p.batch, p.heads, p.queries}) &&
-                        lse.scalar_type() == accumulation_dtype(q.scalar_type()) && lse.device() == q.device(),
-                    op, ": lse must have shape (batch, heads, L), dtype ", accumulation_dtype(q.scalar_type()),
-                    " and query's device, but got ", lse.sizes(), " ", lse.scalar_type());
-  TORCH_CHECK_VALUE(!mask_grad || (p.attn.defined() && p.attn.scalar_type() != at::kBool), op,
-                    ": mask_grad needs a floating-point attn_mask");
+  TORCH_CHECK(lse.sizes() == at::IntArrayRef({p.batch, p.heads, p.queries}) &&
+                  lse.scalar_type() == accumulation_dtype(q.scalar_type()) && lse.device() == q.device(),
+              op, ": lse must have shape (batch, heads, L), dtype ", accumulation_dtype(q.scalar_type()),
+              " and query's device, but got ", lse.sizes(), " ", lse.scalar_type());
+  TORCH_CHECK(!mask_grad || (p.attn.defined() && p.attn.scalar_type() != at::kBool), op,
+              ": mask_grad needs a floating-point attn_mask");
 }
 
 // float32 copies of float16/bfloat16 tensors, for a backend that computes them in float.
@@ -208,7 +208,7 @@ TORCH_LIBRARY_FRAGMENT(dll_ext, m) {
   // [query rows, keys] of the CPU kernels' tile for `keys` keys of element_size bytes on this
   // CPU: what `dll-ext info` shows and the tests cover.
   m.def("_attention_cpu_tiles(int keys, int element_size) -> int[]", [](int64_t keys, int64_t element_size) {
-    TORCH_CHECK_VALUE(keys >= 0 && element_size > 0, "_attention_cpu_tiles: keys must be >= 0 and element_size > 0");
+    TORCH_CHECK(keys >= 0 && element_size > 0, "_attention_cpu_tiles: keys must be >= 0 and element_size > 0");
     const auto tiles = dll_ext::attention::cpu_tiles(keys, element_size);
     return std::vector<int64_t>{tiles.queries, tiles.keys};
   });

@@ -117,8 +117,8 @@ struct Args {
 template <typename T>
 Args<T> make_args(const Problem& p, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
   Args<T> a{head_rows<T>(q), head_rows<T>(k), head_rows<T>(v), p.heads, p.queries, p.keys, p.head_dim,
-            p.value_dim, p.kv_heads, p.group(), static_cast<float>(p.scale), p.causal, nullptr, nullptr, {0, 0, 0, 0}, nullptr,
-            p.dropout};
+            p.value_dim, p.kv_heads, p.group(), static_cast<float>(p.scale), p.causal, nullptr, nullptr,
+            {0, 0, 0, 0}, nullptr, p.dropout};
   if (p.attn.defined()) {
     if (p.attn.scalar_type() == at::kBool) {
       a.allowed = p.attn.const_data_ptr<bool>();
@@ -417,15 +417,15 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
 int64_t blocks_of(int64_t n, int64_t per_block) { return (n + per_block - 1) / per_block; }
 
 void check_limits_cuda(const char* op, const Problem& p, bool backward) {
-  TORCH_CHECK_VALUE(p.head_dim <= kMaxHeadDim && p.value_dim <= kMaxHeadDim, op,
-                    ": head dims up to ", kMaxHeadDim, " are supported on CUDA, but got E = ", p.head_dim,
-                    ", Ev = ", p.value_dim);
-  TORCH_CHECK_VALUE(p.batch * p.heads <= std::numeric_limits<int32_t>::max(), op,
-                    ": batch * heads must be below 2^31 on CUDA");
-  TORCH_CHECK_VALUE(blocks_of(p.queries, kRowsPerBlock) <= kMaxGridY, op, ": L must be at most ",
-                    kMaxGridY * kRowsPerBlock, " on CUDA, but got ", p.queries);
-  TORCH_CHECK_VALUE(!backward || blocks_of(p.keys, kTileKeys) <= kMaxGridY, op, ": S must be at most ",
-                    kMaxGridY * kTileKeys, " on CUDA, but got ", p.keys);
+  TORCH_CHECK(p.head_dim <= kMaxHeadDim && p.value_dim <= kMaxHeadDim, op,
+              ": head dims up to ", kMaxHeadDim, " are supported on CUDA, but got E = ", p.head_dim,
+              ", Ev = ", p.value_dim);
+  TORCH_CHECK(p.batch * p.heads <= std::numeric_limits<int32_t>::max(), op,
+              ": batch * heads must be below 2^31 on CUDA");
+  TORCH_CHECK(blocks_of(p.queries, kRowsPerBlock) <= kMaxGridY, op, ": L must be at most ",
+              kMaxGridY * kRowsPerBlock, " on CUDA, but got ", p.queries);
+  TORCH_CHECK(!backward || blocks_of(p.keys, kTileKeys) <= kMaxGridY, op, ": S must be at most ",
+              kMaxGridY * kTileKeys, " on CUDA, but got ", p.keys);
   int64_t floats = forward_shared_floats(p.head_dim, p.value_dim);
   if (backward) {
     floats = std::max(key_gradients_shared_floats(p.head_dim, p.value_dim),
@@ -433,9 +433,9 @@ void check_limits_cuda(const char* op, const Problem& p, bool backward) {
   }
   const int64_t bytes = floats * int64_t(sizeof(float));
   const size_t limit = dll_ext::cuda::shared_memory_limit();
-  TORCH_CHECK_VALUE(bytes <= int64_t(limit), op, ": head dims E = ", p.head_dim, ", Ev = ", p.value_dim, " need ",
-                    bytes / 1024, " KiB of shared memory per block, but this GPU allows ", limit / 1024,
-                    " KiB; use smaller head dims on this GPU");
+  TORCH_CHECK(bytes <= int64_t(limit), op, ": head dims E = ", p.head_dim, ", Ev = ", p.value_dim, " need ",
+              bytes / 1024, " KiB of shared memory per block, but this GPU allows ", limit / 1024,
+              " KiB; use smaller head dims on this GPU");
 }
 
 template <typename T, int kValuesPerLane>

@@ -23,40 +23,40 @@ void check_args(const at::Tensor& input, const at::Tensor& weight,
   check_int_list(stride, 2, 1, "conv2d_relu: stride");
   check_int_list(padding, 2, 0, "conv2d_relu: padding");
   check_int_list(dilation, 2, 1, "conv2d_relu: dilation");
-  TORCH_CHECK_VALUE(groups >= 1, "conv2d_relu: groups must be >= 1, but got ", groups);
+  TORCH_CHECK(groups >= 1, "conv2d_relu: groups must be >= 1, but got ", groups);
   check_same_device(weight, input, "conv2d_relu: weight", "input");
   check_same_dtype(weight, input, "conv2d_relu: weight", "input");
   check_dtype_supported("conv2d_relu", input, kDtypes);
 
   const int64_t batch = input.size(0), in_channels = input.size(1);
   const int64_t out_channels = weight.size(0);
-  TORCH_CHECK_VALUE(batch > 0, "conv2d_relu: input has an empty batch (N = 0), shape ",
-                    input.sizes());
+  TORCH_CHECK(batch > 0, "conv2d_relu: input has an empty batch (N = 0), shape ",
+              input.sizes());
   // Zero channels would give an output with zero channels (ATen's convolution does so),
   // not the weight.size(0) the shape functions promise.
-  TORCH_CHECK_VALUE(in_channels > 0, "conv2d_relu: input has no channels (C_in = 0), shape ",
-                    input.sizes());
-  TORCH_CHECK_VALUE(in_channels % groups == 0, "conv2d_relu: input channels (", in_channels,
-                    ") must be divisible by groups (", groups, ")");
-  TORCH_CHECK_VALUE(out_channels % groups == 0, "conv2d_relu: weight.size(0) = out channels (",
-                    out_channels, ") must be divisible by groups (", groups, ")");
-  TORCH_CHECK_VALUE(weight.size(1) * groups == in_channels, "conv2d_relu: weight.size(1) must be ",
-                    "input channels / groups = ", in_channels, " / ", groups, " = ",
-                    in_channels / groups, ", but got weight of shape ", weight.sizes());
-  TORCH_CHECK_VALUE(
+  TORCH_CHECK(in_channels > 0, "conv2d_relu: input has no channels (C_in = 0), shape ",
+              input.sizes());
+  TORCH_CHECK(in_channels % groups == 0, "conv2d_relu: input channels (", in_channels,
+              ") must be divisible by groups (", groups, ")");
+  TORCH_CHECK(out_channels % groups == 0, "conv2d_relu: weight.size(0) = out channels (",
+              out_channels, ") must be divisible by groups (", groups, ")");
+  TORCH_CHECK(weight.size(1) * groups == in_channels, "conv2d_relu: weight.size(1) must be ",
+              "input channels / groups = ", in_channels, " / ", groups, " = ",
+              in_channels / groups, ", but got weight of shape ", weight.sizes());
+  TORCH_CHECK(
       out_channels > 0 && weight.size(1) > 0 && weight.size(2) > 0 && weight.size(3) > 0,
       "conv2d_relu: weight must have non-zero sizes, but got ", weight.sizes());
   for (int d = 0; d < 2; ++d) {
     const int64_t padded = input.size(2 + d) + 2 * padding[d];
     const int64_t extent = dilation[d] * (weight.size(2 + d) - 1) + 1;
-    TORCH_CHECK_VALUE(padded >= extent, "conv2d_relu: padded input ", d == 0 ? "height" : "width",
-                      " (", padded, ") is smaller than the dilated kernel (", extent,
-                      "); input shape ", input.sizes(), ", weight shape ", weight.sizes());
+    TORCH_CHECK(padded >= extent, "conv2d_relu: padded input ", d == 0 ? "height" : "width",
+                " (", padded, ") is smaller than the dilated kernel (", extent,
+                "); input shape ", input.sizes(), ", weight shape ", weight.sizes());
   }
   if (bias.has_value()) {
     check_dim(*bias, 1, "conv2d_relu: bias", "(C_out,)");
-    TORCH_CHECK_VALUE(bias->size(0) == out_channels, "conv2d_relu: bias must have ", out_channels,
-                      " entries (weight.size(0)), but got ", bias->size(0));
+    TORCH_CHECK(bias->size(0) == out_channels, "conv2d_relu: bias must have ", out_channels,
+                " entries (weight.size(0)), but got ", bias->size(0));
     check_same_device(*bias, input, "conv2d_relu: bias", "input");
     check_same_dtype(*bias, input, "conv2d_relu: bias", "input");
   }
@@ -101,12 +101,12 @@ void check_backward_args(const at::Tensor& grad_out, const at::Tensor& out,
     const int64_t extent = dilation[d] * (weight.size(2 + d) - 1) + 1;
     out_shape.push_back((input.size(2 + d) + 2 * padding[d] - extent) / stride[d] + 1);
   }
-  TORCH_CHECK_VALUE(out.sizes() == at::IntArrayRef(out_shape),
-                    "conv2d_relu_backward: output must have shape ", at::IntArrayRef(out_shape),
-                    " (the convolution of input ", input.sizes(), " with weight ", weight.sizes(),
-                    "), but got ", out.sizes());
-  TORCH_CHECK_VALUE(grad_out.sizes() == out.sizes(), "conv2d_relu_backward: grad_output shape ",
-                    grad_out.sizes(), " must equal output shape ", out.sizes());
+  TORCH_CHECK(out.sizes() == at::IntArrayRef(out_shape),
+              "conv2d_relu_backward: output must have shape ", at::IntArrayRef(out_shape),
+              " (the convolution of input ", input.sizes(), " with weight ", weight.sizes(),
+              "), but got ", out.sizes());
+  TORCH_CHECK(grad_out.sizes() == out.sizes(), "conv2d_relu_backward: grad_output shape ",
+              grad_out.sizes(), " must equal output shape ", out.sizes());
   check_same_device(grad_out, input, "conv2d_relu_backward: grad_output", "input");
   check_same_device(out, input, "conv2d_relu_backward: output", "input");
   check_same_dtype(grad_out, input, "conv2d_relu_backward: grad_output", "input");

@@ -21,8 +21,8 @@ const RegisterDtypes kRegistered({"lstm_cell", "lstm_layer", "lstm_layer_packed"
 
 void check_shape(const char* op, const at::Tensor& t, at::IntArrayRef expected, const char* name,
                  const char* layout) {
-  TORCH_CHECK_VALUE(t.sizes() == expected, op, ": ", name, " must have shape ", expected, " ", layout,
-                    ", but got ", t.sizes());
+  TORCH_CHECK(t.sizes() == expected, op, ": ", name, " must have shape ", expected, " ", layout,
+              ", but got ", t.sizes());
 }
 
 void check_like_input(const char* op, const at::Tensor& t, const at::Tensor& input, const char* name) {
@@ -39,12 +39,12 @@ void check_parameters(const char* op, const at::Tensor& input, const at::Tensor&
   check_dim(w_ih, 2, (prefix + "weight_ih").c_str(), "(4 * hidden_size, input_size)");
   const int64_t hidden = w_hh.size(1);
   check_shape(op, w_hh, {4 * hidden, hidden}, "weight_hh", "(4 * hidden_size, hidden_size)");
-  TORCH_CHECK_VALUE(w_ih.size(0) == 4 * hidden, op, ": weight_ih must have 4 * hidden_size = ",
-                    4 * hidden, " rows (hidden_size from weight_hh), but got shape ", w_ih.sizes());
-  TORCH_CHECK_VALUE(input.size(-1) == w_ih.size(1), op, ": input has feature size ", input.size(-1),
-                    " but weight_ih expects input_size = ", w_ih.size(1));
-  TORCH_CHECK_VALUE(b_ih.has_value() == b_hh.has_value(), op,
-                    ": bias_ih and bias_hh must be given together or both be None");
+  TORCH_CHECK(w_ih.size(0) == 4 * hidden, op, ": weight_ih must have 4 * hidden_size = ",
+              4 * hidden, " rows (hidden_size from weight_hh), but got shape ", w_ih.sizes());
+  TORCH_CHECK(input.size(-1) == w_ih.size(1), op, ": input has feature size ", input.size(-1),
+              " but weight_ih expects input_size = ", w_ih.size(1));
+  TORCH_CHECK(b_ih.has_value() == b_hh.has_value(), op,
+              ": bias_ih and bias_hh must be given together or both be None");
   check_like_input(op, w_ih, input, "weight_ih");
   check_like_input(op, w_hh, input, "weight_hh");
   if (b_ih) {
@@ -74,7 +74,7 @@ TORCH_LIBRARY_FRAGMENT(dll_ext, m) {
   // The CPU steps' blocks of hidden units for `rows` rows of `hidden` units on this machine's
   // thread count: what `dll-ext info` shows and the tests cover.
   m.def("_lstm_cpu_unit_blocks(int rows, int hidden) -> int[]", [](int64_t rows, int64_t hidden) {
-    TORCH_CHECK_VALUE(rows >= 0 && hidden >= 0, "_lstm_cpu_unit_blocks: rows and hidden must be >= 0");
+    TORCH_CHECK(rows >= 0 && hidden >= 0, "_lstm_cpu_unit_blocks: rows and hidden must be >= 0");
     return dll_ext::lstm::cpu_unit_blocks(rows, hidden);
   });
 }

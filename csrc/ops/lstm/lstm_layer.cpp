@@ -51,12 +51,12 @@ std::vector<int64_t> host_values(const char* op, const at::Tensor& t, const char
               " must be a CPU tensor (the schedule of steps is planned on the host, as for "
               "pack_padded_sequence), but got one on ",
               t.device());
-  TORCH_CHECK_TYPE(t.scalar_type() == at::kLong, op, ": ", name, " must be an int64 tensor, but got ",
-                   t.scalar_type());
-  TORCH_CHECK_VALUE(t.dim() == 1 && (size < 0 || t.size(0) == size), op, ": ", name,
-                    " must be a 1-D tensor", size < 0 ? "" : " of size ", size_name,
-                    size < 0 ? "" : " = ", size < 0 ? "" : std::to_string(size), ", but got shape ",
-                    t.sizes());
+  TORCH_CHECK(t.scalar_type() == at::kLong, op, ": ", name, " must be an int64 tensor, but got ",
+              t.scalar_type());
+  TORCH_CHECK(t.dim() == 1 && (size < 0 || t.size(0) == size), op, ": ", name,
+              " must be a 1-D tensor", size < 0 ? "" : " of size ", size_name,
+              size < 0 ? "" : " = ", size < 0 ? "" : std::to_string(size), ", but got shape ",
+              t.sizes());
   const at::Tensor c = t.contiguous();
   return {c.const_data_ptr<int64_t>(), c.const_data_ptr<int64_t>() + c.numel()};
 }
@@ -72,8 +72,8 @@ Schedule padded_schedule(const at::Tensor& input, const std::optional<at::Tensor
   }
   const std::vector<int64_t> len = host_values("lstm_layer", *lengths, "lengths", batch, "batch");
   for (int64_t b = 0; b < batch; ++b) {
-    TORCH_CHECK_VALUE(len[b] >= 1 && len[b] <= steps, "lstm_layer: lengths must be in [1, ", steps,
-                      "] (the padded sequence length), but lengths[", b, "] = ", len[b]);
+    TORCH_CHECK(len[b] >= 1 && len[b] <= steps, "lstm_layer: lengths must be in [1, ", steps,
+                "] (the padded sequence length), but lengths[", b, "] = ", len[b]);
   }
   std::vector<int64_t> order(batch);
   std::iota(order.begin(), order.end(), int64_t{0});
@@ -99,14 +99,14 @@ Schedule packed_schedule(const at::Tensor& input, const at::Tensor& batch_sizes)
   s.batch_sizes = host_values("lstm_layer_packed", batch_sizes, "batch_sizes", -1, "");
   for (size_t t = 0; t < s.batch_sizes.size(); ++t) {
     const int64_t bound = t == 0 ? s.batch_sizes[0] : s.batch_sizes[t - 1];
-    TORCH_CHECK_VALUE(s.batch_sizes[t] >= 1 && s.batch_sizes[t] <= bound,
-                      "lstm_layer_packed: batch_sizes must be positive and non-increasing (a "
-                      "PackedSequence's), but got ",
-                      batch_sizes);
+    TORCH_CHECK(s.batch_sizes[t] >= 1 && s.batch_sizes[t] <= bound,
+                "lstm_layer_packed: batch_sizes must be positive and non-increasing (a "
+                "PackedSequence's), but got ",
+                batch_sizes);
   }
   s.set_offsets();
-  TORCH_CHECK_VALUE(s.rows == input.size(0), "lstm_layer_packed: batch_sizes sum to ", s.rows,
-                    " but input has ", input.size(0), " rows");
+  TORCH_CHECK(s.rows == input.size(0), "lstm_layer_packed: batch_sizes sum to ", s.rows,
+              " but input has ", input.size(0), " rows");
   s.lengths.assign(s.batch(), 0);
   for (int64_t t = 0; t < s.steps(); ++t) {
     for (int64_t r = 0; r < s.batch_sizes[t]; ++r) ++s.lengths[r];

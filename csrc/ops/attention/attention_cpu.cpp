@@ -155,48 +155,28 @@ struct Call {
   }
 };
 
-// The maximum and the sum of a row, each over kLanes independent partial results: one running
-// value is a serial dependency that keeps the compiler from using vector instructions.
-template <typename T>
-constexpr int kLanes = 64 / sizeof(T);
-
-template <typename T>
-DLL_HOST_DEVICE T row_max(const T* s, int64_t cols) {
-  T lanes[kLanes<T>];
-  for (T& lane : lanes) lane = kNegInf<T>;
-  int64_t c = 0;
-  for (; c + kLanes<T> <= cols; c += kLanes<T>) {
-    for (int l = 0; l < kLanes<T>; ++l) lanes[l] = s[c + l] > lanes[l] ? s[c + l] : lanes[l];
-  }
-  for (; c < cols; ++c) lanes[0] = s[c] > lanes[0] ? s[c] : lanes[0];
-  T result = kNegInf<T>;
-  for (const T lane : lanes) result = lane > result ? lane : result;
-  return result;
-}
-
-template <typename T>
-DLL_HOST_DEVICE T row_sum(const T* s, int64_t cols) {
-  T lanes[kLanes<T>] = {};
-  int64_t c = 0;
-  for (; c + kLanes<T> <= cols; c += kLanes<T>) {
-    for (int l = 0; l < kLanes<T>; ++l) lanes[l] += s[c + l];
-  }
-  for (; c < cols; ++c) lanes[0] += s[c];
-  T result = 0;
-  for (const T lane : lanes) result += lane;
-  return result;
-}
-
 // The online-softmax update of one tile's row: s becomes the row's probabilities relative
-// to the new running max; returns the factor by which earlier outputs shrink.
+// to the new running max; returns the factor by which earlier outputs shrink. The max and
+// the sum are OpenMP SIMD reductions: a single running value is a serial dependency the
+// compiler will not vectorise on its own (with 16 hand-made lanes GCC still emitted 16
+// scalar max chains), and the exponentials and their sum share one pass over the row.
 template <typename T>
 DLL_CPU_CLONES T softmax_update(T* s, int64_t cols, RowSoftmax<T>& softmax) {
-  const T shrink = softmax.rescale(row_max(s, cols));
+  T tile_max = kNegInf<T>;
+#pragma omp simd reduction(max : tile_max)
+  for (int64_t c = 0; c < cols; ++c) tile_max = s[c] > tile_max ? s[c] : tile_max;
+  const T shrink = softmax.rescale(tile_max);
   // A local copy: through the reference, each store to s might change the max, which keeps
   // the compiler from vectorising the loop.
   const RowSoftmax<T> now = softmax;
-  for (int64_t c = 0; c < cols; ++c) s[c] = now.unnormalised(s[c]);
-  softmax.add(row_sum(s, cols));
+  T sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t c = 0; c < cols; ++c) {
+    const T p = now.unnormalised(s[c]);
+    s[c] = p;
+    sum += p;
+  }
+  softmax.add(sum);
   return shrink;
 }
 

@@ -20,7 +20,8 @@ import torch
 import torch.nn as nn
 
 from dll_ext.training.atomic import atomic_write, save_json
-from dll_ext.training.checkpoint import AVERAGED, BEST, CHECKPOINT, load_checkpoint, load_weights
+from dll_ext.training.checkpoint import (AVERAGED, BEST, CHECKPOINT, build_from_checkpoint, load_checkpoint,
+                                         load_weights)
 from dll_ext.training.errors import TrainingError
 
 # pipeline name -> module defining load_model, inference_module and optionally export_inputs
@@ -62,12 +63,9 @@ def load_inference_module(run_dir, checkpoint: str = "best"):
     saved = load_checkpoint(path)
     pipeline = saved.get("pipeline")
     spec = exporter(pipeline)
-    config, options = saved.get("task_config"), saved.get("options")
-    try:
-        model = spec.load_model(config, options)
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise TrainingError(f"{path}: its configuration does not describe a {pipeline} model ({e})") from e
-    load_weights(model, saved.get("model", {}), path)
+    config, options, state = saved.get("task_config"), saved.get("options"), saved.get("model", {})
+    model = build_from_checkpoint(lambda: spec.load_model(config, options), state, path, f"{pipeline} model")
+    load_weights(model, state, path)
     return pipeline, spec, spec.inference_module(model.eval(), config).eval(), config
 
 

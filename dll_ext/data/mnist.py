@@ -1,5 +1,6 @@
 """MNIST from its four IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte,
 t10k-labels-idx1-ubyte), each as distributed (.gz) or decompressed."""
+import math
 import struct
 
 import numpy as np
@@ -14,6 +15,7 @@ __all__ = ["load_mnist", "read_idx"]
 # An IDX file starts with two zero bytes, a type code (0x08: unsigned bytes) and the number of
 # dimensions, then each dimension as a big-endian uint32, then the values in row-major order.
 _UBYTE = 0x08
+_MAX_VALUES = 1 << 40
 
 
 def read_idx(path: str, ndim: int) -> np.ndarray:
@@ -27,7 +29,11 @@ def read_idx(path: str, ndim: int) -> np.ndarray:
         raise DataError(f"{path}: magic number 0x{data[:4].hex()}, expected 0x{_UBYTE << 8 | ndim:08x} "
                         f"(unsigned bytes, {ndim} dimensions); not the IDX file expected")
     shape = struct.unpack(f">{ndim}I", data[4:header_size])
-    expected = header_size + int(np.prod(shape))
+    # numpy refuses a shape whose non-zero sizes multiply past its index range, even when
+    # another size is 0 and the file rightly holds no values.
+    if math.prod(max(size, 1) for size in shape) > _MAX_VALUES:
+        raise DataError(f"{path}: its header's shape {shape} is too large for an IDX file")
+    expected = header_size + math.prod(shape)  # Python ints: numpy's product of uint32s can wrap
     if len(data) != expected:
         raise DataError(f"{path}: {len(data)} bytes, but its header's shape {shape} needs {expected}")
     return np.frombuffer(data, dtype=np.uint8, offset=header_size).reshape(shape)

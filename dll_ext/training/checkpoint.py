@@ -7,7 +7,7 @@ FORMAT and its pipeline's name, so a file of another pipeline or program is refu
 """
 import pickle
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 
@@ -50,6 +50,24 @@ def load_checkpoint(path, pipeline: Optional[str] = None) -> dict:
         raise TrainingError(f"{path} is a checkpoint of the {data.get('pipeline')!r} pipeline, "
                             f"not of {pipeline!r}")
     return data
+
+
+def build_from_checkpoint(build: Callable[[], torch.nn.Module], state: object, path, what: str) -> torch.nn.Module:
+    """build() for the configuration a checkpoint describes, after checking it: built first on
+    the meta device (no memory), its parameter shapes must be the saved weights' shapes, so
+    that a configuration with a negative or enormous size is a TrainingError, not a crash or
+    gigabytes allocated before the mismatch shows (both found by scripts/fuzz_targets.py)."""
+    try:
+        with torch.device("meta"):
+            shapes = {name: tuple(t.shape) for name, t in build().state_dict().items()}
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+        raise TrainingError(f"{path}: its configuration does not describe a {what} ({e})") from e
+    saved = {name: tuple(t.shape) for name, t in state.items()} if isinstance(state, dict) else {}
+    if saved != shapes:
+        differ = sorted(name for name in shapes.keys() | saved.keys() if shapes.get(name) != saved.get(name))
+        raise TrainingError(f"{path} holds the weights of another model than its configuration describes "
+                            f"(they differ in {', '.join(differ[:5])}{' ...' if len(differ) > 5 else ''})")
+    return build()
 
 
 def load_weights(model: torch.nn.Module, state: Dict[str, torch.Tensor], path) -> None:

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from dll_ext.data import DataError, TBPTTBatches, Vocabulary, default_corpus, read_text, split_text
 from dll_ext.models import CharLM
-from dll_ext.training.checkpoint import load_checkpoint, load_weights
+from dll_ext.training.checkpoint import build_from_checkpoint, load_checkpoint, load_weights
 from dll_ext.training.errors import TrainingError
 from dll_ext.training.options import positive_int, probability
 from dll_ext.training.pipeline import BatchLoss, Pipeline, Task
@@ -149,10 +149,11 @@ def load_char_lm(path, device: torch.device = torch.device("cpu")) -> Tuple[Char
     config = saved.get("task_config")
     try:
         vocabulary = Vocabulary.from_dict(config["vocabulary"])
-        model = CharLM(len(vocabulary), **config["model"])
-    except (DataError, KeyError, TypeError, ValueError) as e:
+    except (DataError, KeyError, TypeError) as e:
         raise TrainingError(f"{path}: its configuration does not describe a character LM ({e})") from e
-    load_weights(model, saved.get("model", {}), path)
+    state = saved.get("model", {})
+    model = build_from_checkpoint(lambda: CharLM(len(vocabulary), **config["model"]), state, path, "character LM")
+    load_weights(model, state, path)
     return model.to(device).eval(), vocabulary
 
 

@@ -29,7 +29,7 @@ from dll_ext.data.math import (MAX_ANSWER_LENGTH, MAX_QUESTION_LENGTH, MODULES, 
                                list_modules, load_pairs)
 from dll_ext.models import AttentionLSTM, Seq2SeqTransformer, beam_search
 from dll_ext.models.attention_lstm import SCORINGS
-from dll_ext.training.checkpoint import load_checkpoint, load_weights
+from dll_ext.training.checkpoint import build_from_checkpoint, load_checkpoint, load_weights
 from dll_ext.training.data import split_dataset
 from dll_ext.training.errors import TrainingError
 from dll_ext.training.options import nonnegative_float, positive_int
@@ -305,9 +305,10 @@ def load_math_model(path, device: torch.device = torch.device("cpu")):
     config = saved.get("task_config")
     try:
         vocabulary = Seq2SeqVocabulary.from_dict(config["vocabulary"])
-        model = build_model(config, vocabulary)
-    except (DataError, KeyError, TypeError, ValueError) as e:
+    except (DataError, KeyError, TypeError) as e:
         raise TrainingError(f"{path}: its configuration does not describe a math model ({e})") from e
-    load_weights(model, saved.get("model", {}), path)
+    state = saved.get("model", {})
+    model = build_from_checkpoint(lambda: build_model(config, vocabulary), state, path, "math model")
+    load_weights(model, state, path)
     return model.to(device).eval(), vocabulary
 

@@ -54,6 +54,9 @@ def charlm_checkpoint(path, **sizes):
     ({"hidden_size": 10**6}, r"holds the weights of another model than its configuration describes"),
     ({"embedding_dim": 5}, r"differ in embedding.weight"),
     ({"num_layers": "two"}, r"does not describe a character LM"),
+    # Built layer by layer for ever, before the parameter count stopped it.
+    ({"num_layers": 499906198758652929},
+     r"describes a character LM with far more parameters than the 7 tensors it holds"),
 ])
 def test_checkpoint_whose_configuration_contradicts_its_weights(tmp_path, sizes, match):
     # A negative size crashed the model's constructor; a huge one would allocate (H=10^6: 16 TB)

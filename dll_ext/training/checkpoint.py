@@ -52,17 +52,38 @@ def load_checkpoint(path, pipeline: Optional[str] = None) -> dict:
     return data
 
 
+class _MoreParametersThanSaved(Exception):
+    pass
+
+
 def build_from_checkpoint(build: Callable[[], torch.nn.Module], state: object, path, what: str) -> torch.nn.Module:
     """build() for the configuration a checkpoint describes, after checking it: built first on
     the meta device (no memory), its parameter shapes must be the saved weights' shapes, so
     that a configuration with a negative or enormous size is a TrainingError, not a crash or
-    gigabytes allocated before the mismatch shows (both found by scripts/fuzz_targets.py)."""
+    gigabytes allocated before the mismatch shows. The meta build stops once it has registered
+    far more parameters than the saved tensors: num_layers = 5e17 would build layers for ever.
+    (All three found by scripts/fuzz_targets.py.)"""
+    saved = {name: tuple(t.shape) for name, t in state.items()} if isinstance(state, dict) else {}
+    registered = 0
+
+    def count(module, name, parameter):
+        nonlocal registered
+        registered += 1
+        # A generous multiple: a model may register a parameter more than once while it is built.
+        if registered > 4 * len(saved) + 64:
+            raise _MoreParametersThanSaved
+
+    hook = torch.nn.modules.module.register_module_parameter_registration_hook(count)
     try:
         with torch.device("meta"):
             shapes = {name: tuple(t.shape) for name, t in build().state_dict().items()}
+    except _MoreParametersThanSaved:
+        raise TrainingError(f"{path}: its configuration describes a {what} with far more parameters than the "
+                            f"{len(saved)} tensors it holds") from None
     except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
         raise TrainingError(f"{path}: its configuration does not describe a {what} ({e})") from e
-    saved = {name: tuple(t.shape) for name, t in state.items()} if isinstance(state, dict) else {}
+    finally:
+        hook.remove()
     if saved != shapes:
         differ = sorted(name for name in shapes.keys() | saved.keys() if shapes.get(name) != saved.get(name))
         raise TrainingError(f"{path} holds the weights of another model than its configuration describes "

@@ -5,9 +5,10 @@
 // (common/blas.h), without the dispatcher's per-call cost. A tile's keys are trimmed to those
 // some query of the tile may see (before the causal bound, not padded, allowed by a boolean
 // mask somewhere in the tile) before its GEMMs, and a tile with none left is skipped.
-// Forward is parallel over (batch, head, query block); backward over (batch, head), so that
-// each task owns the key and value gradients it accumulates, or over the slices of a
-// broadcast float mask's gradient, each with every (batch, head) that sums into it.
+// Forward is parallel over (batch, head, query block); backward over (batch, key/value head),
+// so that each task owns the key and value gradients it accumulates (every query head of a
+// grouped-query group runs in its task), or over the slices of a broadcast float mask's
+// gradient, each with every (batch, head) that sums into it.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 

@@ -387,15 +387,19 @@ def test_dropout_zero_and_seed_checks():
 @pytest.mark.parametrize("mask", ["none", "causal", "bool_BHLS", "float_LS", "float_1HLS", "float_padding_causal"])
 def test_gradcheck(mask, dropout_p):
     B, H, L, S = 2, 2, 4, 5
-    q, k, v = qkv(B, H, L, S, 3, 2)
-    attn_mask, padding, causal = masks(mask, B, H, L, S, torch.float64)
-    inputs = [q, k, v] + ([attn_mask] if attn_mask is not None and attn_mask.requires_grad else [])
+    assert gradcheck_op(qkv(B, H, L, S, 3, 2), masks(mask, B, H, L, S, torch.float64), dropout_p)
+
+
+def gradcheck_op(qkv_leaves, mask_config, dropout_p):
+    """gradcheck of dll_ext::attention in q, k, v and, when it requires grad, the float attn_mask."""
+    attn_mask, padding, causal = mask_config
+    inputs = list(qkv_leaves) + ([attn_mask] if attn_mask is not None and attn_mask.requires_grad else [])
 
     def fn(*args):
         m = args[3] if len(args) > 3 else attn_mask
         return torch.ops.dll_ext.attention(args[0], args[1], args[2], m, padding, causal, None, dropout_p, SEED)
 
-    assert torch.autograd.gradcheck(fn, inputs)
+    return torch.autograd.gradcheck(fn, inputs)
 
 
 def test_double_backward_is_refused_clearly():

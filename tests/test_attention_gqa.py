@@ -11,7 +11,7 @@ import dll_ext.functional
 from dll_ext.functional import scaled_dot_product_attention as attention
 
 from conftest import max_err, requires_cuda
-from test_attention import SEED, masks, reference
+from test_attention import SEED, gradcheck_op, masks, reference
 
 
 def grouped(B, H, KVH, L, S, E, Ev, dtype=torch.float64, device="cpu"):
@@ -217,15 +217,7 @@ def test_mask_of_too_many_dimensions_is_refused():
 @pytest.mark.parametrize("mask", ["none", "causal", "float_1HLS", "float_BHLS"])
 def test_gqa_gradcheck(mask, dropout_p):
     B, H, L, S = 2, 4, 3, 5
-    q, k, v = grouped(B, H, 2, L, S, 3, 2)
-    attn_mask, padding, causal = masks(mask, B, H, L, S, torch.float64)
-    inputs = [q, k, v] + ([attn_mask] if attn_mask is not None and attn_mask.requires_grad else [])
-
-    def fn(*args):
-        m = args[3] if len(args) > 3 else attn_mask
-        return torch.ops.dll_ext.attention(args[0], args[1], args[2], m, padding, causal, None, dropout_p, SEED)
-
-    assert torch.autograd.gradcheck(fn, inputs)
+    assert gradcheck_op(grouped(B, H, 2, L, S, 3, 2), masks(mask, B, H, L, S, torch.float64), dropout_p)
 
 
 @pytest.mark.parametrize("mask", ["none", "bool_B1LS", "float_BHLS", "padding_causal"])

@@ -54,10 +54,6 @@ class ConvReLU(nn.Module):
         return F.relu(self.conv(x))
 
 
-def ours_conv_relu(*args, **kwargs):
-    return dn.Conv2dReLU(*args, **kwargs)
-
-
 # torch.nn module -> (the native module to compare with, the constructor of ours).
 MODULES = {
     nn.LSTM: (nn.LSTM, dn.LSTM),
@@ -67,7 +63,7 @@ MODULES = {
     nn.TransformerDecoderLayer: (nn.TransformerDecoderLayer, dn.TransformerDecoderLayer),
     nn.TransformerEncoder: (nn.TransformerEncoder, dn.TransformerEncoder),
     nn.Transformer: (nn.Transformer, dn.Transformer),
-    nn.Conv2d: (ConvReLU, ours_conv_relu),
+    nn.Conv2d: (ConvReLU, dn.Conv2dReLU),
 }
 INFOS = [info for info in module_db if info.module_cls in MODULES]
 
